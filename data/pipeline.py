@@ -1,0 +1,230 @@
+"""The Ray Data pipeline of ``prepare``: tracks -> rows (decode, augment, featurise) -> Parquet shards.
+
+The only module in ``data/`` that imports Ray. ``ShardSink`` writes each block's accepted rows as one
+shard per split and hands back counts and rejections, so the driver writes ``manifest.json`` last
+from what was actually written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data import DataContext
+from ray.data.block import BlockAccessor
+from ray.data.datasource import Datasink, WriteResult
+
+from data.features import AST_MEAN, AST_STD, FRAME_SHIFT, SAMPLE_RATE
+from data.shards import FORMAT_VERSION, results_table, shard_table, write_manifest, write_shard
+from data.sources import SPLITS, Rejection, discover, work_items
+from data.store import StoreOptions, filesystem, join, prepare_destination
+from data.tracks import TrackSettings, process_track
+
+if TYPE_CHECKING:
+    from data.prepare import PrepareConfig
+
+log = logging.getLogger(__name__)
+
+
+class PrepareError(RuntimeError):
+    """The run can't produce a usable dataset; the message says why."""
+
+
+def _process_batch(batch: pa.Table, settings: TrackSettings) -> pa.Table:
+    results = [process_track(t, settings) for t in batch.to_pylist()]
+    return results_table(results, settings.frames, settings.mel_bins)
+
+
+class ShardSink(Datasink[dict]):
+    """Writes one Parquet shard per (block, split); returns what it wrote and what it refused."""
+
+    def __init__(self, uri: str, options: StoreOptions, frames: int, mel_bins: int):
+        self.uri, self.options, self.frames, self.mel_bins = uri, options, frames, mel_bins
+        self.result: dict[str, Any] | None = None
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> dict:
+        fs, root = filesystem(self.uri, self.options)
+        out: dict[str, list] = {"shards": [], "rejected": [], "tracks": []}
+        for block in blocks:
+            table = BlockAccessor.for_block(block).to_arrow()
+            if table.num_rows == 0:
+                continue
+            rejected = pc.is_valid(table.column("reject_reason"))
+            for r in (
+                table.filter(rejected).select(["source", "genre", "reject_reason", "track_id", "split"]).to_pylist()
+            ):
+                out["rejected"].append(
+                    dataclasses.asdict(
+                        Rejection(r["source"], r["genre"], r["reject_reason"], r["track_id"], r["split"])
+                    )
+                )
+            accepted = table.filter(pc.invert(rejected))
+            per_track = table.select(["track_id", "source_sha256", "split", "genre", "duration_s", "reject_reason"])
+            for t in {r["track_id"]: r for r in per_track.to_pylist()}.values():
+                t["accepted"] = t.pop("reject_reason") is None
+                out["tracks"].append(t)
+            for split in SPLITS:
+                rows = accepted.filter(pc.equal(accepted.column("split"), split))
+                if rows.num_rows == 0:
+                    continue
+                first = rows.slice(0, 1).to_pylist()[0]
+                name = f"{split}/part-{first['track_index']:05d}-{first['variant']}-{first['window']:02d}.parquet"
+                write_shard(fs, join(root, name), shard_table(rows, self.frames, self.mel_bins))
+                genres, rows_per_genre = _value_counts(rows.column("genre"))
+                out["shards"].append(
+                    {
+                        "path": name,
+                        "split": split,
+                        "rows": rows.num_rows,
+                        "genres": dict(zip(genres, rows_per_genre, strict=True)),
+                    }
+                )
+        return out
+
+    def on_write_complete(self, write_result: WriteResult[dict]) -> None:
+        merged: dict[str, list] = {"shards": [], "rejected": [], "tracks": []}
+        for part in write_result.write_returns:
+            for k in merged:
+                merged[k].extend(part[k])
+        self.result = merged
+
+
+def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
+    vc = pc.value_counts(column).to_pylist()
+    return [v["values"] for v in vc], [v["counts"] for v in vc]
+
+
+def _counts(shards: list[dict], tracks: dict[str, dict], genres: tuple[str, ...]) -> dict:
+    """split -> genre -> {tracks, rows}, from what was written."""
+    counts = {s: {g: {"tracks": 0, "rows": 0} for g in genres} for s in SPLITS}
+    for shard in shards:
+        for genre, rows in shard["genres"].items():
+            counts[shard["split"]][genre]["rows"] += rows
+    for t in tracks.values():
+        if t["accepted"]:
+            counts[t["split"]][t["genre"]]["tracks"] += 1
+    return counts
+
+
+def _fingerprint(tracks: dict[str, dict], discovery_rejects: list[Rejection]) -> str:
+    """sha256 over every input's identity, label and content hash (unreadable inputs by name)."""
+    h = hashlib.sha256()
+    for track_id, t in sorted(tracks.items()):
+        h.update(f"{track_id}\x1f{t['genre']}\x1f{t['source_sha256']}\n".encode())
+    for r in sorted(discovery_rejects, key=lambda r: r.source):
+        h.update(f"rejected\x1f{r.source}\n".encode())
+    return h.hexdigest()
+
+
+def init_ray(address: str | None) -> None:
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)
+
+
+def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
+    """Run the whole pipeline; returns the manifest it wrote. Raises PrepareError or StoreError."""
+    start = time.perf_counter()
+    options = StoreOptions(cfg.s3_endpoint, cfg.s3_region)
+    fs, root = prepare_destination(cfg.out, options, cfg.overwrite)
+    tracks, discovery_rejects = discover(cfg.source, cfg.genres, options)
+    empty = [g for g in cfg.genres if not any(t.label == g for t in tracks)]
+    if empty:
+        raise PrepareError(f"genre(s) {empty} have no usable tracks in {cfg.source}; nothing to train them on")
+    items = work_items(tracks, cfg.split, cfg.seed, cfg.genres)
+    log.info("prepare: %d tracks (%d refused before decoding) -> %s", len(items), len(discovery_rejects), cfg.out)
+
+    init_ray(cfg.ray_address)
+    DataContext.get_current().execution_options.preserve_order = True  # same shards on every run
+    settings = cfg.track_settings()
+    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / cfg.tracks_per_task)))
+    ds = ds.map_batches(
+        _process_batch,
+        batch_size=cfg.tracks_per_task,
+        batch_format="pyarrow",
+        fn_kwargs={"settings": settings},
+        num_cpus=1,
+    )
+    sink = ShardSink(cfg.out, options, cfg.frames, cfg.mel_bins)
+    ds.write_datasink(sink)
+    assert sink.result is not None
+    written = sink.result
+    rejected = [dataclasses.asdict(r) for r in discovery_rejects] + written["rejected"]
+
+    per_track = {t["track_id"]: t for t in written["tracks"]}  # a track split over blocks appears twice
+    counts = _counts(written["shards"], per_track, cfg.genres)
+    no_train = [g for g in cfg.genres if counts["train"][g]["rows"] == 0]
+    if no_train:
+        reasons = [f"{r['source']}: {r['reason']}" for r in written["rejected"] if r["label"] in no_train][:10]
+        raise PrepareError(
+            f"genre(s) {no_train} ended up with no training rows, so no manifest was written to {cfg.out}; "
+            "rejected inputs: " + "; ".join(reasons)
+        )
+    wall = time.perf_counter() - start
+    audio_seconds = sum(t["duration_s"] for t in per_track.values() if t["accepted"])
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "config": dataclasses.asdict(cfg),
+        "genres": list(cfg.genres),
+        "features": {
+            "frames": cfg.frames,
+            "mel_bins": cfg.mel_bins,
+            "sample_rate": SAMPLE_RATE,
+            "frame_shift_ms": FRAME_SHIFT * 1000 // SAMPLE_RATE,
+            "window_type": "hanning",
+            "mean": AST_MEAN,
+            "std": AST_STD,
+            "normalisation": "(fbank - mean) / (2 * std)",
+            "dtype": "float16",
+            "shape": [cfg.frames, cfg.mel_bins],
+        },
+        "sources": {
+            "source": cfg.source,
+            "tracks": len(tracks) + len(discovery_rejects),
+            "fingerprint": _fingerprint(per_track, discovery_rejects),
+        },
+        "splits": counts,
+        "shards": sorted(written["shards"], key=lambda s: s["path"]),
+        "rejected": sorted(rejected, key=lambda r: r["source"]),
+        "summary": {
+            "tracks_in": len(tracks) + len(discovery_rejects),
+            "rows_out": {s: sum(c["rows"] for c in counts[s].values()) for s in SPLITS},
+            "tracks_out": {s: sum(c["tracks"] for c in counts[s].values()) for s in SPLITS},
+            "rejected": len(rejected),
+            "wall_s": round(wall, 2),
+            "tracks_per_s": round(len(items) / wall, 3),
+            "source_audio_s": round(audio_seconds, 1),
+            "audio_s_per_s": round(audio_seconds / wall, 2),
+        },
+    }
+    write_manifest(fs, root, manifest)
+    return manifest
+
+
+def format_summary(manifest: dict[str, Any]) -> str:
+    """A closing summary table: tracks and rows per split x genre, rejections, time."""
+    s = manifest["summary"]
+    genres = manifest["genres"]
+    width = max(len(g) for g in genres) + 2
+    lines = [f"{'genre':<{width}}" + "".join(f"{sp + ' tracks/rows':>20}" for sp in SPLITS)]
+    for g in genres:
+        cells = [f"{manifest['splits'][sp][g]['tracks']}/{manifest['splits'][sp][g]['rows']}" for sp in SPLITS]
+        lines.append(f"{g:<{width}}" + "".join(f"{c:>20}" for c in cells))
+    lines.append(
+        f"tracks in: {s['tracks_in']}   rows out: "
+        + ", ".join(f"{k} {v}" for k, v in s["rows_out"].items())
+        + f"   rejected: {s['rejected']}\nwall: {s['wall_s']:.1f} s   {s['tracks_per_s']:.2f} tracks/s   "
+        f"{s['audio_s_per_s']:.1f} s of source audio per s"
+    )
+    for r in manifest["rejected"][:20]:
+        lines.append(f"  rejected {r['source']}: {r['reason']}")
+    if len(manifest["rejected"]) > 20:
+        lines.append(f"  ... and {len(manifest['rejected']) - 20} more (see manifest.json)")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""Find the input tracks (a GTZAN-style folder or a path,label manifest) and split them by track.
+
+Anything that can't be an input (unknown label, not an audio extension, a duplicate) is returned as
+a ``Rejection`` with its reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from data.audio import AUDIO_EXTENSIONS
+from data.store import StoreError, StoreOptions, filesystem, is_s3, list_files
+
+GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    track_id: str  # unique; for a folder, "<genre>/<file stem>"
+    source: str  # local absolute path or s3:// URI
+    label: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    source: str
+    label: str | None
+    reason: str
+    track_id: str | None = None
+    split: str | None = None
+
+
+def _uri(fs_path: str, s3: bool) -> str:
+    return "s3://" + fs_path if s3 else fs_path
+
+
+def _stem(path: str) -> str:
+    return posixpath.splitext(path)[0]
+
+
+def discover(source: str, genres: tuple[str, ...], options: StoreOptions) -> tuple[list[Track], list[Rejection]]:
+    """Tracks in ``source`` (folder, or .csv/.parquet manifest), and every input that was refused."""
+    fs, path = filesystem(source, options)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as e:
+        raise StoreError(f"cannot reach the source {source}: {e}") from e
+    if info.type == pa.fs.FileType.NotFound:
+        raise StoreError(f"source {source} does not exist")
+    if info.type == pa.fs.FileType.File:
+        entries = _manifest_entries(source, fs, path)
+    else:
+        entries = _folder_entries(fs, path, is_s3(source))
+    return _admit(entries, genres)
+
+
+Entry = tuple[str, str | None, str, str | None]  # (uri, label, track id, reason it is refused or None)
+
+
+def _folder_entries(fs: pa.fs.FileSystem, root: str, s3: bool) -> list[Entry]:
+    """Every file below ``root``; its label is the name of the folder holding it."""
+    entries: list[Entry] = []
+    for info in list_files(fs, root):
+        rel = posixpath.relpath(info.path, root)
+        parts = rel.split("/")
+        if len(parts) < 2:
+            entries.append((_uri(info.path, s3), None, rel, "not inside a genre folder"))
+        else:
+            entries.append((_uri(info.path, s3), parts[-2], _stem(rel), None))
+    return entries
+
+
+def _manifest_entries(source: str, fs: pa.fs.FileSystem, path: str) -> list[Entry]:
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    if path.endswith(".parquet"):
+        table = pq.read_table(io.BytesIO(data))
+    elif path.endswith(".csv"):
+        table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    else:
+        raise StoreError(f"source {source}: a manifest must be .csv or .parquet (or give a folder)")
+    missing = {"path", "label"} - set(table.column_names)
+    if missing:
+        raise StoreError(f"manifest {source} lacks column(s) {sorted(missing)}; it needs path,label")
+    base = posixpath.dirname(source)
+    entries: list[Entry] = []
+    for n, row in enumerate(table.select(["path", "label"]).to_pylist(), start=1):
+        p, label = row["path"], row["label"]
+        label = None if label is None else str(label)
+        if not p:
+            entries.append((f"{source} row {n}", label, "", "empty path in manifest"))
+            continue
+        p = str(p)
+        if not is_s3(p) and not posixpath.isabs(p):
+            p = posixpath.join(base, p) if is_s3(base) else posixpath.normpath(posixpath.join(base, p))
+        entries.append((p, label, _stem(p), None if label else "no label in manifest"))
+    return entries
+
+
+def _admit(entries: list[Entry], genres: tuple[str, ...]) -> tuple[list[Track], list[Rejection]]:
+    tracks: list[Track] = []
+    rejected: list[Rejection] = []
+    seen: dict[str, str] = {}
+    for uri, label, track_id, reason in entries:
+        if reason:
+            pass
+        elif label not in genres:
+            reason = f"unknown label {label!r} (expected one of {', '.join(genres)})"
+        elif not uri.lower().endswith(AUDIO_EXTENSIONS):
+            reason = f"not an audio file extension (accepted: {' '.join(AUDIO_EXTENSIONS)})"
+        elif track_id in seen:
+            reason = f"duplicate track {track_id!r} (already taken from {seen[track_id]})"
+        if reason:
+            rejected.append(Rejection(uri, label, reason))
+        else:
+            seen[track_id] = uri
+            tracks.append(Track(track_id, uri, label))
+    return sorted(tracks, key=lambda t: t.track_id), rejected
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit integer from the parts' text: the same on every machine and Python run."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def split_tracks(tracks: list[Track], fractions: tuple[float, ...], seed: int) -> dict[str, str]:
+    """track_id -> split, stratified by label and seeded; each label's counts by largest remainder.
+
+    A label with at least one track always gets at least one training track.
+    """
+    by_label: dict[str, list[str]] = {}
+    for t in tracks:
+        by_label.setdefault(t.label, []).append(t.track_id)
+    out: dict[str, str] = {}
+    for label, ids in sorted(by_label.items()):
+        ids = sorted(ids)
+        order = np.random.default_rng(stable_seed(seed, label)).permutation(len(ids))
+        exact = np.asarray(fractions) * len(ids)
+        counts = np.floor(exact).astype(int)
+        for i in np.argsort(-(exact - counts), kind="stable")[: len(ids) - counts.sum()]:
+            counts[i] += 1
+        if counts[0] == 0:
+            counts[int(np.argmax(counts))] -= 1
+            counts[0] = 1
+        names = np.repeat(np.array(SPLITS), counts)
+        for idx, name in zip(order, names, strict=True):
+            out[ids[idx]] = str(name)
+    return out
+
+
+def work_items(tracks: list[Track], fractions: tuple[float, ...], seed: int, genres: tuple[str, ...]) -> list[dict]:
+    """Tracks in processing order (split, then id), each with its split, label index and position."""
+    splits = split_tracks(tracks, fractions, seed)
+    order = sorted(tracks, key=lambda t: (SPLITS.index(splits[t.track_id]), t.track_id))
+    return [
+        {
+            "track_id": t.track_id,
+            "source": t.source,
+            "label": t.label,
+            "label_index": genres.index(t.label),
+            "split": splits[t.track_id],
+            "track_index": i,
+        }
+        for i, t in enumerate(order)
+    ]

@@ -1,0 +1,112 @@
+"""Object storage: one way to reach a local folder or an ``s3://`` prefix through pyarrow's filesystems.
+
+Credentials and region come from the usual AWS environment or profile; only the endpoint (for
+S3-compatible stores) and region are ever passed explicitly, so nothing secret is held, pickled or
+written by this project.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(RuntimeError):
+    """A store can't be reached, read or written; the message names the location."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreOptions:
+    """How to reach S3: an endpoint override (``http://host:port``) and a region, both optional."""
+
+    endpoint: str | None = None
+    region: str | None = None
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def filesystem(uri: str, options: StoreOptions = StoreOptions()) -> tuple[pafs.FileSystem, str]:
+    """The filesystem for ``uri`` and the path inside it (``bucket/key`` for S3, absolute for local)."""
+    if is_s3(uri):
+        parsed = urlparse(uri)
+        if not parsed.netloc:
+            raise StoreError(f"{uri}: an s3:// location needs a bucket name")
+        kwargs: dict = {
+            "connect_timeout": 5,
+            "request_timeout": 60,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+        }
+        if options.endpoint:
+            endpoint = urlparse(options.endpoint if "://" in options.endpoint else "http://" + options.endpoint)
+            kwargs["endpoint_override"] = endpoint.netloc
+            kwargs["scheme"] = endpoint.scheme or "http"
+        if options.region:
+            kwargs["region"] = options.region
+        path = (parsed.netloc + "/" + parsed.path.lstrip("/")).rstrip("/")
+        return pafs.S3FileSystem(**kwargs), path
+    if "://" in uri and not uri.startswith("file://"):
+        raise StoreError(f"{uri}: unsupported location (use a local path or s3://bucket/prefix)")
+    local = uri.removeprefix("file://")
+    return pafs.LocalFileSystem(), str(Path(local).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def read_bytes(uri: str, options: StoreOptions = StoreOptions()) -> bytes:
+    fs, path = filesystem(uri, options)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def list_files(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """Every file below ``path`` (recursively), sorted by path; empty if ``path`` does not exist."""
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+
+def prepare_destination(uri: str, options: StoreOptions, overwrite: bool) -> tuple[pafs.FileSystem, str]:
+    """Check that ``uri`` can be written and is empty (or emptied, with ``overwrite``).
+
+    Raises StoreError with a clear message when the store can't be reached or holds files.
+    """
+    fs, path = filesystem(uri, options)
+    try:
+        existing = list_files(fs, path)
+    except OSError as e:
+        raise StoreError(f"cannot reach the output store {uri}: {e}") from e
+    if existing and not overwrite:
+        raise StoreError(
+            f"output {uri} is not empty ({len(existing)} files, e.g. {existing[0].path}); "
+            "pass --overwrite to replace it"
+        )
+    try:
+        if existing:
+            log.info("overwrite: removing %d files under %s", len(existing), uri)
+            # The manifest goes first: a reader must never see it beside half-deleted shards.
+            manifest = [i.path for i in existing if i.path.endswith("manifest.json")]
+            fs.delete_file(manifest[0]) if manifest else None
+            fs.delete_dir_contents(path, missing_dir_ok=True)
+        probe = join(path, f".write-probe-{uuid.uuid4().hex}")
+        write_bytes(fs, probe, b"ok")
+        fs.delete_file(probe)
+    except OSError as e:
+        raise StoreError(f"cannot write to the output store {uri}: {e}") from e
+    return fs, path

@@ -1,0 +1,79 @@
+"""Shared fixtures: one local Ray for the session, a loopback S3 server (moto), tiny generated corpora.
+
+AWS settings are put in the environment before Ray starts, so Ray's workers reach the same S3 server
+with the same (fake) credentials, exactly as a cluster's workers inherit theirs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# A recognisable secret: tests assert it never reaches a written file or a log.
+FAKE_SECRET = "genre-sweep-test-SECRET-9f3b2c"
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "genre-sweep-test-KEYID",
+        "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    import boto3
+
+    name = "gs-" + request.node.name.lower().replace("_", "-")[:40]
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def make_corpus(root: Path, per_genre: int = 2, seconds: float = 11.0, genres=None, fmt: str = "wav") -> Path:
+    """A synthetic GTZAN-format corpus in ``root`` (the real generator, tiny settings)."""
+    from data.sources import GTZAN_GENRES
+    from data.synth import SynthConfig, generate
+
+    generate(
+        SynthConfig(
+            out=str(root),
+            per_genre=per_genre,
+            seconds=seconds,
+            genres=tuple(genres or GTZAN_GENRES),
+            format=fmt,
+            workers=1,
+            overwrite=True,
+        )
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """10 genres x 3 clips of 11 s (two windows each), read-only for tests."""
+    return make_corpus(tmp_path_factory.mktemp("corpus"), per_genre=3)

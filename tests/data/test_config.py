@@ -1,0 +1,36 @@
+import pytest
+
+from data.config import ConfigError, resolve
+from data.prepare import PrepareConfig
+
+
+def test_flags_override_the_yaml_file_which_overrides_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("source: /a\nout: /b\nseed: 3\nframes: 512\n")
+    cfg = resolve(PrepareConfig, {"seed": "9", "effects": "echo,highpass"}, str(path))
+    assert (cfg.source, cfg.seed, cfg.frames, cfg.effects) == ("/a", 9, 512, ("echo", "highpass"))
+    assert cfg.mel_bins == 128
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"split": "0.5,0.2"}, "split must be three fractions"),
+        ({"effects": "reverb"}, "effects \\['reverb'\\] are unknown"),
+        ({"frames": "abc"}, "frames: 'abc' is not a valid int"),
+        ({"colour": "red"}, "unknown config field"),
+        ({"genres": "jazz"}, "at least two distinct"),
+    ],
+)
+def test_bad_values_are_named_with_the_rule(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(PrepareConfig, {"source": "/a", "out": "/b", **overrides})
+
+
+def test_missing_required_fields_are_named():
+    with pytest.raises(ConfigError, match="--source"):
+        resolve(PrepareConfig, {"out": "/b"})
+
+
+def test_effects_none_means_no_augmentation():
+    assert resolve(PrepareConfig, {"source": "/a", "out": "/b", "effects": "none"}).effects == ()

@@ -1,0 +1,211 @@
+"""prepare on real local Ray over tiny generated corpora, with every kind of bad input mixed in."""
+
+import json
+import shutil
+from collections import Counter, defaultdict
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from data.audio import load_clip
+from data.config import resolve
+from data.features import clip_windows
+from data.pipeline import PrepareError, run_prepare
+from data.prepare import PrepareConfig
+from data.shards import features_array, open_dataset
+from data.store import StoreError
+from tests.conftest import make_corpus
+
+GENRES = ("blues", "jazz", "metal")
+
+
+def _config(source, out, **kw) -> PrepareConfig:
+    return resolve(PrepareConfig, {"source": str(source), "out": str(out), "genres": ",".join(GENRES), **kw})
+
+
+def _wav(path, wave, sr, subtype="PCM_16"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave, sr, subtype=subtype)
+
+
+def _tone(seconds, sr, channels=1):
+    t = np.arange(int(seconds * sr)) / sr
+    x = (0.4 * np.sin(2 * np.pi * 330 * t) * (1 + 0.5 * np.sin(2 * np.pi * 2 * t))).astype(np.float32)
+    return np.stack([x, x[::-1]], axis=1) if channels == 2 else x
+
+
+@pytest.fixture(scope="module")
+def messy_corpus(tmp_path_factory):
+    """3 genres x 4 good clips, plus every bad input of the issue (all under blues/ unless noted)."""
+    root = make_corpus(tmp_path_factory.mktemp("messy"), per_genre=4, genres=GENRES)
+    good = (root / "jazz" / "jazz.00000.wav").read_bytes()
+    b = root / "blues"
+    (b / "truncated.wav").write_bytes(good[: len(good) // 3][:60])
+    (b / "empty.wav").write_bytes(b"")
+    (b / "text.mp3").write_bytes(b"ID3? no, this is a text file with an audio extension")
+    _wav(b / "silence.wav", np.zeros(22050 * 11, np.float32), 22050)
+    nan = _tone(11, 22050)
+    nan[1000] = np.nan
+    _wav(b / "nan.wav", nan, 22050, "FLOAT")
+    _wav(b / "tooshort.wav", _tone(0.5, 22050), 22050)
+    _wav(b / "short.wav", _tone(4, 22050), 22050)  # shorter than a window: padded
+    _wav(b / "stereo.wav", _tone(11, 44100, channels=2), 44100)
+    _wav(b / "rate8k.wav", _tone(11, 8000), 8000)
+    _wav(b / "rate48k.wav", _tone(11, 48000), 48000)
+    _wav(b / "u8.wav", _tone(11, 22050), 22050, "PCM_U8")
+    _wav(b / "float.wav", _tone(11, 22050), 22050, "FLOAT")
+    _wav(root / "polka" / "polka.00000.wav", _tone(11, 22050), 22050)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(ray_local, messy_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "ds"
+    manifest = run_prepare(_config(messy_corpus, out))
+    return out, manifest
+
+
+EXPECTED_REJECTIONS = {
+    "truncated.wav": "truncated",
+    "empty.wav": "empty file",
+    "text.mp3": "cannot decode",
+    "silence.wav": "digital silence",
+    "nan.wav": "NaN or infinite",
+    "tooshort.wav": "too short",
+    "polka.00000.wav": "unknown label",
+}
+
+
+def test_every_bad_input_is_rejected_with_its_reason_and_nothing_else_is(prepared):
+    _, manifest = prepared
+    got = {r["source"].rsplit("/", 1)[-1]: r["reason"] for r in manifest["rejected"]}
+    assert set(got) == set(EXPECTED_REJECTIONS)
+    for name, reason in EXPECTED_REJECTIONS.items():
+        assert reason in got[name], (name, got[name])
+    assert manifest["summary"]["rejected"] == len(EXPECTED_REJECTIONS)
+
+
+def test_converted_inputs_become_rows(prepared):
+    out, manifest = prepared
+    ds = open_dataset(str(out))
+    sources = set()
+    for split in ("train", "val", "test"):
+        sources |= {s.rsplit("/", 1)[-1] for s in ds.read_split(split, ["source"]).column("source").to_pylist()}
+    for name in ("short.wav", "stereo.wav", "rate8k.wav", "rate48k.wav", "u8.wav", "float.wav"):
+        assert name in sources
+    # 12 good + 6 converted blues inputs, all accounted for
+    assert sum(manifest["summary"]["tracks_out"].values()) + manifest["summary"]["rejected"] == 12 + 12 + 1
+
+
+def test_manifest_counts_match_the_shards(prepared):
+    out, manifest = prepared
+    ds = open_dataset(str(out))
+    for split in ("train", "val", "test"):
+        table = ds.read_split(split, ["genre", "track_id"])
+        rows = Counter(table.column("genre").to_pylist())
+        tracks = Counter(
+            g for g, _ in set(zip(table.column("genre").to_pylist(), table.column("track_id").to_pylist(), strict=True))
+        )
+        for g in GENRES:
+            assert manifest["splits"][split][g] == {"tracks": tracks.get(g, 0), "rows": rows.get(g, 0)}
+    assert manifest["features"]["shape"] == [1024, 128]
+    assert len(manifest["sources"]["fingerprint"]) == 64
+
+
+def test_only_training_tracks_are_augmented_once_per_effect_with_recorded_parameters(prepared):
+    out, manifest = prepared
+    ds = open_dataset(str(out))
+    train = ds.read_split("train", ["track_id", "variant", "effect_params", "window", "n_windows"]).to_pylist()
+    variants = defaultdict(set)
+    for r in train:
+        variants[r["track_id"]].add(r["variant"])
+        if r["variant"] != "original":
+            assert json.loads(r["effect_params"])
+    assert all(v == {"original", *manifest["config"]["effects"]} for v in variants.values())
+    for split in ("val", "test"):
+        assert set(ds.read_split(split, ["variant"]).column("variant").to_pylist()) <= {"original"}
+
+
+def test_no_track_crosses_splits(prepared):
+    out, _ = prepared
+    ds = open_dataset(str(out))
+    seen = {s: set(ds.read_split(s, ["track_id"]).column("track_id").to_pylist()) for s in ("train", "val", "test")}
+    assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
+
+
+def test_shard_features_equal_features_computed_directly(prepared, messy_corpus):
+    out, _ = prepared
+    ds = open_dataset(str(out))
+    clip = load_clip((messy_corpus / "jazz" / "jazz.00001.wav").read_bytes(), 16000, 1.0)
+    expected, _ = clip_windows(clip.wave, 1024, 128)
+    found = 0
+    for split in ("train", "val", "test"):
+        table = ds.read_split(split)
+        for i, r in enumerate(table.select(["track_id", "variant", "window"]).to_pylist()):
+            if r["track_id"] == "jazz/jazz.00001" and r["variant"] == "original":
+                got = features_array(table.slice(i, 1))[0].astype(np.float32)
+                np.testing.assert_allclose(got, expected[r["window"]], atol=2e-3)  # float16 storage
+                found += 1
+    assert found == len(expected)
+
+
+def test_two_runs_write_identical_shards(ray_local, tmp_path):
+    corpus = make_corpus(tmp_path / "c", per_genre=2, genres=GENRES)
+    a, b = tmp_path / "a", tmp_path / "b"
+    ma = run_prepare(_config(corpus, a))
+    mb = run_prepare(_config(corpus, b))
+    files = sorted(p.relative_to(a) for p in a.rglob("*.parquet"))
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*.parquet")) and files
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    assert ma["shards"] == mb["shards"] and ma["sources"]["fingerprint"] == mb["sources"]["fingerprint"]
+
+
+def test_a_non_empty_destination_is_refused_unless_overwrite(ray_local, prepared, messy_corpus, tmp_path):
+    out, _ = prepared
+    with pytest.raises(StoreError, match="not empty.*--overwrite"):
+        run_prepare(_config(messy_corpus, out))
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "stale.txt").write_text("old")
+    run_prepare(_config(messy_corpus, copy, overwrite=True, effects="none"))
+    assert not (copy / "stale.txt").exists()
+    assert open_dataset(str(copy)).manifest["config"]["effects"] == []
+
+
+def test_readers_refuse_a_dataset_without_manifest_or_with_a_missing_shard(prepared, tmp_path):
+    out, manifest = prepared
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / manifest["shards"][0]["path"]).unlink()
+    with pytest.raises(StoreError, match="unreadable"):
+        open_dataset(str(copy)).read_split(manifest["shards"][0]["split"])
+    (copy / "manifest.json").unlink()
+    with pytest.raises(StoreError, match="no manifest.json"):
+        open_dataset(str(copy))
+
+
+def test_a_genre_left_without_training_rows_stops_the_run(ray_local, tmp_path):
+    corpus = make_corpus(tmp_path / "c", per_genre=2, genres=("blues", "jazz"))
+    for f in (corpus / "jazz").iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(PrepareError, match=r"\['jazz'\] ended up with no training rows"):
+        run_prepare(_config(corpus, tmp_path / "out", genres="blues,jazz"))
+    with pytest.raises(StoreError, match="no manifest.json"):
+        open_dataset(str(tmp_path / "out"))
+
+
+def test_a_genre_with_no_tracks_at_all_stops_before_any_work(ray_local, tmp_path):
+    corpus = make_corpus(tmp_path / "c", per_genre=1, genres=("blues", "jazz"))
+    with pytest.raises(PrepareError, match=r"\['metal'\] have no usable tracks"):
+        run_prepare(_config(corpus, tmp_path / "out"))
+
+
+def test_shards_are_parquet_with_float16_tensor_features(prepared):
+    out, manifest = prepared
+    table = pq.read_table(out / manifest["shards"][0]["path"])
+    assert str(table.schema.field("features").type.value_type) == "halffloat"
+    assert features_array(table).shape[1:] == (1024, 128)
+    assert {"label", "genre", "track_id", "window", "variant", "effect_params", "split"} <= set(table.column_names)

@@ -1,0 +1,77 @@
+from collections import Counter
+
+import pytest
+
+from data.sources import GTZAN_GENRES, Track, discover, split_tracks
+from data.store import StoreError, StoreOptions
+
+
+def _touch(path, data=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize(("folder", "ext"), [("genres", "au"), ("genres_original", "wav")])
+def test_both_public_gtzan_layouts_take_labels_from_folder_names(tmp_path, folder, ext):
+    for g in ("blues", "jazz"):
+        for i in range(2):
+            _touch(tmp_path / folder / g / f"{g}.0000{i}.{ext}")
+    tracks, rejected = discover(str(tmp_path / folder), GTZAN_GENRES, StoreOptions())
+    assert rejected == []
+    assert {(t.track_id, t.label) for t in tracks} == {
+        (f"{g}/{g}.0000{i}", g) for g in ("blues", "jazz") for i in range(2)
+    }
+
+
+def test_unknown_labels_stray_files_and_duplicates_are_rejected_with_reasons(tmp_path):
+    _touch(tmp_path / "blues" / "blues.00000.wav")
+    _touch(tmp_path / "blues" / "blues.00000.au")  # same track twice
+    _touch(tmp_path / "polka" / "polka.00000.wav")
+    _touch(tmp_path / "blues" / "notes.txt")
+    _touch(tmp_path / "README.md")
+    tracks, rejected = discover(str(tmp_path), GTZAN_GENRES, StoreOptions())
+    assert [t.track_id for t in tracks] == ["blues/blues.00000"]
+    reasons = {r.source.rsplit("/", 2)[-2] + "/" + r.source.rsplit("/", 1)[-1]: r.reason for r in rejected}
+    assert "duplicate track" in reasons["blues/blues.00000.wav"] or "duplicate track" in reasons["blues/blues.00000.au"]
+    assert "unknown label 'polka'" in reasons["polka/polka.00000.wav"]
+    assert "not an audio file extension" in reasons["blues/notes.txt"]
+    assert any("not inside a genre folder" in r.reason for r in rejected)
+    assert len(rejected) == 4
+
+
+def test_a_csv_manifest_resolves_relative_paths_and_rejects_bad_rows(tmp_path):
+    _touch(tmp_path / "audio" / "a.wav")
+    (tmp_path / "list.csv").write_text("path,label\naudio/a.wav,jazz\naudio/b.wav,polka\n,rock\naudio/c.wav,\n")
+    tracks, rejected = discover(str(tmp_path / "list.csv"), GTZAN_GENRES, StoreOptions())
+    assert tracks == [Track(str(tmp_path / "audio" / "a"), str(tmp_path / "audio" / "a.wav"), "jazz")]
+    assert sorted(r.reason.split(" ")[0] for r in rejected) == ["empty", "no", "unknown"]
+
+
+def test_a_manifest_without_path_and_label_columns_is_an_error(tmp_path):
+    (tmp_path / "list.csv").write_text("file,genre\na.wav,jazz\n")
+    with pytest.raises(StoreError, match="lacks column"):
+        discover(str(tmp_path / "list.csv"), GTZAN_GENRES, StoreOptions())
+
+
+def _tracks(per_label: int) -> list[Track]:
+    return [Track(f"{g}/{g}.{i:05d}", f"/x/{g}/{i}.wav", g) for g in GTZAN_GENRES for i in range(per_label)]
+
+
+def test_split_is_stratified_8_1_1_by_genre():
+    tracks = _tracks(20)
+    splits = split_tracks(tracks, (0.8, 0.1, 0.1), seed=0)
+    per = Counter((t.label, splits[t.track_id]) for t in tracks)
+    for g in GTZAN_GENRES:
+        assert (per[(g, "train")], per[(g, "val")], per[(g, "test")]) == (16, 2, 2)
+
+
+def test_split_is_deterministic_for_a_seed_and_changes_with_it():
+    tracks = _tracks(10)
+    a = split_tracks(tracks, (0.8, 0.1, 0.1), seed=1)
+    assert a == split_tracks(list(reversed(tracks)), (0.8, 0.1, 0.1), seed=1)
+    assert a != split_tracks(tracks, (0.8, 0.1, 0.1), seed=2)
+
+
+def test_every_label_keeps_a_training_track_even_when_tiny():
+    splits = split_tracks(_tracks(1), (0.1, 0.45, 0.45), seed=0)
+    assert set(splits.values()) == {"train"}
