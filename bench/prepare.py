@@ -34,9 +34,10 @@ TARGET_S = 600.0  # GTZAN-sized corpus in under 10 minutes on 2 cores
 def corpus(root: Path, per_genre: int, seconds: float) -> Path:
     """The benchmark corpus, generated once per (per_genre, seconds) and reused."""
     path = root / f"corpus-{per_genre}x{seconds:g}s"
-    if not (path / ".complete").exists():
+    done = root / f"{path.name}.complete"  # beside the corpus: inside it, prepare would reject it as a stray file
+    if not done.exists():
         generate(SynthConfig(out=str(path), per_genre=per_genre, seconds=seconds, overwrite=True))
-        (path / ".complete").write_text("ok")
+        done.write_text("ok")
     return path
 
 
