@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="clip length")
     p.add_argument("--work-dir", default="bench-run", help="where the corpus and outputs go")
     p.add_argument("--high-quality-stretch", action="store_true", help="Rubber Band's high-quality tempo mode")
+    p.add_argument("--tracks-per-task", type=int, default=None, help="tracks per Ray task (default: prepare's)")
     p.add_argument("--skip-loop", action="store_true", help="only time the pipeline")
     args = p.parse_args()
 
@@ -85,6 +86,7 @@ def main() -> None:
             "out": str(work / "shards"),
             "overwrite": True,
             "high_quality_stretch": args.high_quality_stretch,
+            **({"tracks_per_task": args.tracks_per_task} if args.tracks_per_task else {}),
         },
     )
     t0 = time.perf_counter()
