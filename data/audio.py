@@ -23,6 +23,7 @@ SILENCE_PEAK = 1.0 / 32768
 # libsndfile's log line for a chunk whose header size disagrees with the bytes present.
 _CHUNK_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 _STREAMING_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)  # placeholders written by tools that stream WAV
+_IN_MEMORY_NAME = re.compile(r"Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ")  # says nothing, varies per run
 
 
 class AudioError(ValueError):
@@ -56,7 +57,7 @@ def decode(data: bytes) -> tuple[np.ndarray, int, str]:
             wave = f.read(dtype="float32", always_2d=True)
             return wave, f.samplerate, f.subtype
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"cannot decode as audio: {e}") from e
+        raise AudioError(f"cannot decode as audio: {_IN_MEMORY_NAME.sub('', str(e))}") from e
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:

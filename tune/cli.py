@@ -10,6 +10,9 @@ JOBS: dict[str, tuple[str, str]] = {
     "synth": ("data.synth", "generate a synthetic GTZAN-format corpus"),
     "prepare": ("data.prepare", "audio -> augmented AST features as Parquet shards (Ray Data)"),
     "inspect": ("data.inspect", "check a prepared dataset is complete and say what it holds"),
+    "train": ("model.train", "train one DoRA-AST configuration and export its best epoch"),
+    "evaluate": ("model.evaluate", "accuracy, per-genre P/R/F1 and confusion matrix of an exported model"),
+    "predict": ("model.predict", "song-level genres of audio files with an exported model"),
 }
 
 

@@ -1,0 +1,94 @@
+"""Per-epoch checkpoints without pickle: trainable weights and AdamW state as safetensors, the rest JSON.
+
+A checkpoint folder holds ``trainable.safetensors`` (DoRA + head parameters by name),
+``optimizer.safetensors`` (each parameter's AdamW moments and step, by parameter index) and
+``state.json`` (epoch, scheduler state, metrics history). Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+TRAINABLE = "trainable.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+STATE = "state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or doesn't fit the model it's loaded into."""
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]
+) -> Path:
+    """Write a checkpoint folder; ``state.json`` last, so a folder with it is complete."""
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+        str(path / TRAINABLE),
+    )
+    tensors = {}
+    for index, per_param in optimizer.state_dict()["state"].items():
+        for key, value in per_param.items():
+            tensors[f"{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    save_file(tensors, str(path / OPTIMIZER))
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    # each group's current hyperparameters (lr above all): a fresh optimizer would start from the initial ones
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
+    (path / STATE).write_text(
+        json.dumps({**state, "scheduler": sched, "param_groups": groups}, indent=2, sort_keys=True)
+    )
+    return path
+
+
+def load_trainable(path: Path, model: nn.Module) -> None:
+    """Load a checkpoint's trainable weights; every trainable parameter must be there with its shape."""
+    file = Path(path) / TRAINABLE
+    if not file.exists():
+        raise CheckpointError(f"{path}: no {TRAINABLE}")
+    saved = load_file(str(file))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+    if missing or extra:
+        raise CheckpointError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            if saved[name].shape != p.shape:
+                raise CheckpointError(f"{path}: {name} has shape {tuple(saved[name].shape)}, model {tuple(p.shape)}")
+            p.copy_(saved[name])
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    """Restore weights, optimizer and scheduler from ``path``; returns its ``state.json``."""
+    path = Path(path)
+    if not (path / STATE).exists():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE})")
+    load_trainable(path, model)
+    state = json.loads((path / STATE).read_text())
+    tensors = load_file(str(path / OPTIMIZER))
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        per_param.setdefault(int(index), {})[name] = value
+    current = optimizer.state_dict()["param_groups"]
+    saved_groups = state.pop("param_groups")
+    if len(saved_groups) != len(current):
+        raise CheckpointError(f"{path}: {len(saved_groups)} parameter groups, the optimizer has {len(current)}")
+    groups = [{**saved, "params": now["params"]} for saved, now in zip(saved_groups, current, strict=True)]
+    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+    sched = scheduler.state_dict()
+    sched.update(state.pop("scheduler"))
+    scheduler.load_state_dict(sched)
+    return state
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete epoch checkpoint of a run, or None."""
+    done = sorted(p.parent for p in (Path(run_dir) / "checkpoints").glob(f"epoch-*/{STATE}"))
+    return done[-1] if done else None

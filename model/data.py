@@ -1,0 +1,78 @@
+"""Training data in memory: a prepared dataset's splits read once into numpy arrays.
+
+Arrays (not tensors) so that ``ray.put(data)`` stores one zero-copy copy per node that every trial on
+that node maps; nothing is decoded or featurised during training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+
+import numpy as np
+import torch
+
+from data.shards import Dataset, features_array, open_dataset
+from data.store import StoreOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitArrays:
+    features: np.ndarray  # (N, frames, mel) float16
+    labels: np.ndarray  # (N,) int64
+    clips: np.ndarray  # (N,) int64: index of the row's clip (track x variant) in ``clip_names``
+    clip_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    splits: dict[str, SplitArrays]
+    genres: tuple[str, ...]
+    frames: int
+    mel_bins: int
+    fingerprint: str  # of the sources: part of any cache key derived from these features
+
+    def split(self, name: str) -> SplitArrays:
+        if name not in self.splits or len(self.splits[name]) == 0:
+            raise ValueError(f"split {name!r} is empty or not loaded (loaded: {sorted(self.splits)})")
+        return self.splits[name]
+
+
+def _split_arrays(ds: Dataset, split: str) -> SplitArrays:
+    table = ds.read_split(split, ["features", "label", "track_id", "variant"])
+    if table.num_rows == 0:
+        empty = np.zeros((0, ds.frames, ds.mel_bins), np.float16)
+        return SplitArrays(empty, np.zeros(0, np.int64), np.zeros(0, np.int64), ())
+    # A clip is one variant of one track: its windows' mean logits give the clip-level prediction.
+    names = [
+        f"{t}#{v}"
+        for t, v in zip(table.column("track_id").to_pylist(), table.column("variant").to_pylist(), strict=True)
+    ]
+    clip_names, clips = np.unique(np.array(names), return_inverse=True)
+    return SplitArrays(
+        features=features_array(table),
+        labels=table.column("label").to_numpy().astype(np.int64),
+        clips=clips.astype(np.int64),
+        clip_names=tuple(clip_names.tolist()),
+    )
+
+
+def load_data(uri: str, options: StoreOptions = StoreOptions(), splits=("train", "val", "test")) -> TrainData:
+    """Read the named splits of a prepared dataset (local or s3://) into memory."""
+    ds = open_dataset(uri, options)
+    loaded = {s: _split_arrays(ds, s) for s in splits}
+    log.info("loaded %s from %s", ", ".join(f"{s}: {len(a)} windows" for s, a in loaded.items()), uri)
+    return TrainData(loaded, tuple(ds.genres), ds.frames, ds.mel_bins, ds.manifest["sources"]["fingerprint"])
+
+
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor view of a (possibly read-only, object-store backed) array; the project never writes to it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)

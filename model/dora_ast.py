@@ -1,0 +1,186 @@
+"""The DoRA-adapted AST genre classifier: a frozen AST, DoRA on the top layers' FFN output, an MLP head.
+
+DoRA comes from peft (``use_dora=True``, adapter dropout 0) on ``layers.{i}.mlp.fc2`` for every
+encoder layer ``i >= min_layer``. The original recipe's update was ``W + alpha * A B``; peft scales by
+``lora_alpha / r``, so ``lora_alpha = alpha * r`` gives the same scale (peft normalises per output
+row, the DoRA paper's form).
+
+The frozen prefix (patch embedding and layers below ``start``) and the rest are separable:
+``prefix(x, start)`` gives the hidden states entering layer ``start`` and ``forward_from(h, start)``
+finishes the forward from there, so those states can be cached (all trials share them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+from transformers import ASTConfig, ASTModel
+
+log = logging.getLogger(__name__)
+
+# Named configs that are built, randomly initialised, without any download.
+NAMED_CONFIGS: dict[str, dict] = {
+    # 12 layers like AST-base (so method.md's layer ranges apply), but narrow: tests, demo, CPU benches.
+    "tiny": {"hidden_size": 32, "num_hidden_layers": 12, "num_attention_heads": 2, "intermediate_size": 64},
+    # AST-base's shape with random weights: GPU benchmarks without a download.
+    "base-random": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+}
+HUB_DEFAULT = "MIT/ast-finetuned-audioset-10-10-0.4593"
+
+
+class ModelError(ValueError):
+    """The model can't be built as asked; the message names the setting and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSettings:
+    min_layer: int = 10
+    rank: int = 2
+    alpha: float = 4.25
+    hidden: int = 200  # classifier MLP hidden size H
+
+
+def _backbone_config(pretrained: str, frames: int, mel_bins: int) -> tuple[ASTConfig, str | None]:
+    """(config, where to load weights from or None for random init)."""
+    if pretrained in NAMED_CONFIGS:
+        cfg = ASTConfig(
+            **NAMED_CONFIGS[pretrained],
+            max_length=frames,
+            num_mel_bins=mel_bins,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+        return cfg, None
+    try:
+        cfg = ASTConfig.from_pretrained(pretrained)
+    except OSError as e:
+        local = Path(pretrained).exists()
+        hint = (
+            f"{pretrained} is a local path but has no AST config.json"
+            if local
+            else f"could not fetch {pretrained!r} from the Hugging Face hub (offline?). Download it once where "
+            "there is network: `ASTForAudioClassification.from_pretrained(ID).save_pretrained(DIR)`, copy DIR "
+            "here and pass --pretrained DIR"
+        )
+        raise ModelError(f"--pretrained: {hint}") from e
+    if (cfg.max_length, cfg.num_mel_bins) != (frames, mel_bins):
+        raise ModelError(
+            f"--pretrained {pretrained} expects {cfg.max_length} frames x {cfg.num_mel_bins} mel bins, but the shards "
+            f"hold {frames} x {mel_bins}; prepare the data with --frames {cfg.max_length} --mel-bins {cfg.num_mel_bins}"
+        )
+    return cfg, pretrained
+
+
+def _load_backbone(cfg: ASTConfig, source: str | None) -> tuple[ASTModel, nn.LayerNorm]:
+    """The backbone and the classifier's LayerNorm: pretrained from ``source``, or random for a named config."""
+    cfg._attn_implementation = "sdpa"
+    head_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+    if source is None:
+        torch.manual_seed(0)  # a named config is the same random network every time
+        return ASTModel(cfg), head_norm
+    from transformers import ASTForAudioClassification
+
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(source).exists()
+    full = ASTForAudioClassification.from_pretrained(source, config=cfg, local_files_only=offline)
+    head_norm.load_state_dict(full.classifier.layernorm.state_dict())
+    return full.audio_spectrogram_transformer, head_norm
+
+
+class GenreClassifier(nn.Module):
+    """AST backbone + DoRA + MLP head; logits (B, n_classes) from fbank windows (B, frames, mel)."""
+
+    def __init__(self, backbone: ASTModel, n_classes: int, adapters: AdapterSettings, head_norm: nn.LayerNorm):
+        super().__init__()
+        n_layers = backbone.config.num_hidden_layers
+        if not 0 <= adapters.min_layer < n_layers:
+            raise ModelError(f"encoder_min_layer_to_update {adapters.min_layer} must be in [0, {n_layers - 1}]")
+        self.backbone = backbone
+        self.adapters = adapters
+        self.head_norm = head_norm  # the pretrained classifier's LayerNorm, frozen
+        d = backbone.config.hidden_size
+        self.head = nn.Sequential(
+            nn.Dropout(0.05),
+            nn.Linear(d, adapters.hidden),
+            nn.GELU(),
+            nn.Dropout(0.1),
+            nn.Linear(adapters.hidden, n_classes),
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.backbone.layers)
+
+    def prefix(self, x: torch.Tensor, start: int | None = None) -> torch.Tensor:
+        """Hidden states (B, N, D) entering layer ``start`` (default: the lowest adapted layer)."""
+        start = self.adapters.min_layer if start is None else start
+        h = self.backbone.embeddings(x)  # (B, 2 + patches, D)
+        for layer in self.backbone.layers[:start]:
+            h = layer(h, None)
+        return h
+
+    def forward_from(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits from hidden states entering layer ``start``."""
+        for layer in self.backbone.layers[start:]:
+            h = layer(h, None)
+        h = self.backbone.layernorm(h)
+        pooled = (h[:, 0] + h[:, 1]) / 2  # mean of the CLS and distillation tokens
+        return self.head(self.head_norm(pooled))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        start = self.adapters.min_layer
+        with torch.no_grad():  # nothing below the lowest adapter trains
+            h = self.prefix(x, start)
+        return self.forward_from(h, start)
+
+
+def dora_config(adapters: AdapterSettings, n_layers: int) -> LoraConfig:
+    return LoraConfig(
+        r=adapters.rank,
+        lora_alpha=adapters.alpha * adapters.rank,
+        target_modules=[f"layers.{i}.mlp.fc2" for i in range(adapters.min_layer, n_layers)],
+        use_dora=True,
+        lora_dropout=0.0,
+    )
+
+
+def build_model(
+    pretrained: str, n_classes: int, adapters: AdapterSettings, frames: int, mel_bins: int, seed: int = 0
+) -> GenreClassifier:
+    """Build the classifier: frozen AST (pretrained or a named random config), DoRA, a fresh MLP head.
+
+    Only the DoRA parameters and the head's linear layers require grad; ``seed`` initialises the head.
+    """
+    if adapters.rank < 1:
+        raise ModelError(f"encoder_update_rank must be >= 1, got {adapters.rank}")
+    cfg, source = _backbone_config(pretrained, frames, mel_bins)
+    backbone, head_norm = _load_backbone(cfg, source)
+    torch.manual_seed(seed)
+    model = GenreClassifier(backbone, n_classes, adapters, head_norm)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    inject_adapter_in_model(dora_config(adapters, model.n_layers), model.backbone)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("head.") or "lora_" in name)
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (DoRA and head), by name: what a checkpoint holds."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def merge_adapters(model: GenreClassifier) -> GenreClassifier:
+    """Fold every DoRA adapter into its base linear layer, in place; the model then has no peft layers."""
+    for name, module in list(model.backbone.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge(safe_merge=True)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.backbone.get_submodule(parent_name), child, module.get_base_layer())
+    return model

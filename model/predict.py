@@ -1,0 +1,214 @@
+"""``genre-sweep predict``: song-level genres from an exported model.
+
+K windows per song (seeded random starts over the whole song), argmax per window, majority vote;
+confidence = mean probability of the winning genre over the windows that voted for it. The model is
+in eval mode; songs shorter than a window are padded; unreadable files are reported and skipped.
+Many songs go through Ray Data in batches, one model per actor.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data.audio import AUDIO_EXTENSIONS, AudioError, load_clip
+from data.config import check, parse
+from data.features import SAMPLE_RATE, fbank, windows
+from data.jobs import run_job
+from data.sources import stable_seed
+from data.store import StoreError, StoreOptions, filesystem, is_s3, list_files, read_bytes
+from model.dora_ast import ModelError
+from model.export import load_exported
+from model.train import autocast, resolve_device
+
+log = logging.getLogger(__name__)
+MIN_SECONDS = 0.1  # anything shorter holds no music worth a vote
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    inputs: str = dataclasses.field(metadata={"help": "an audio file, a folder, or an s3:// prefix (also positional)"})
+    model: str = dataclasses.field(metadata={"help": "exported model folder"})
+    windows: int = dataclasses.field(default=20, metadata={"help": "windows per song (K)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the window positions"})
+    out: str = dataclasses.field(default="predictions.csv", metadata={"help": "CSV to write (a .json beside it)"})
+    batch_size: int = dataclasses.field(default=32, metadata={"help": "windows per forward pass"})
+    device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
+    ray_threshold: int = dataclasses.field(default=16, metadata={"help": "songs from which Ray Data is used"})
+    ray_address: str | None = dataclasses.field(default=None, metadata={"help": "Ray cluster address"})
+    s3_endpoint: str | None = dataclasses.field(default=None, metadata={"help": "endpoint of an S3-compatible store"})
+    s3_region: str | None = dataclasses.field(default=None, metadata={"help": "S3 region"})
+
+    def __post_init__(self) -> None:
+        check(self.windows >= 1, f"windows must be >= 1, got {self.windows}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def list_songs(inputs: str, options: StoreOptions) -> tuple[list[str], list[dict[str, Any]]]:
+    """Audio files under ``inputs`` (or the file itself), and the other files, reported as skipped."""
+    fs, path = filesystem(inputs, options)
+    info = fs.get_file_info(path)
+    if info.type.name == "NotFound":
+        raise StoreError(f"{inputs} does not exist")
+    prefix = "s3://" if is_s3(inputs) else ""
+    files = [prefix + path] if info.type.name == "File" else [prefix + i.path for i in list_files(fs, path)]
+    songs = [f for f in files if f.lower().endswith(AUDIO_EXTENSIONS)]
+    skipped = [skipped_row(f, "not an audio file extension") for f in files if f not in songs]
+    return songs, skipped
+
+
+def skipped_row(source: str, reason: str) -> dict[str, Any]:
+    return {"source": source, "genre": None, "confidence": None, "votes": None, "windows": 0, "error": reason}
+
+
+def song_windows(data: bytes, frames: int, mel_bins: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(K', frames, mel) normalised windows at seeded random starts; one padded window if the song is short."""
+    fb = fbank(load_clip(data, SAMPLE_RATE, MIN_SECONDS).wave, mel_bins)
+    starts = [0] if fb.shape[0] <= frames else sorted(rng.integers(0, fb.shape[0] - frames + 1, size=k).tolist())
+    return windows(fb, frames, starts)[0]
+
+
+def vote(probs: np.ndarray) -> tuple[int, float, int]:
+    """(winning genre, its mean probability over the windows that voted for it, their count)."""
+    preds = probs.argmax(1)
+    counts = np.bincount(preds, minlength=probs.shape[1])
+    tied = np.flatnonzero(counts == counts.max())
+    winner = int(tied[np.argmax(probs[:, tied].mean(0))])  # a tie goes to the higher mean probability
+    return winner, float(probs[preds == winner, winner].mean()), int(counts[winner])
+
+
+class SongPredictor:
+    """Loads the exported model once; predicts lists of songs (also a Ray Data actor: ``__call__``)."""
+
+    def __init__(self, model_dir: str, k: int, seed: int, batch_size: int, device: str, options: StoreOptions):
+        self.device = resolve_device(device)
+        self.model, self.info = load_exported(model_dir, self.device)
+        self.k, self.seed, self.batch_size, self.options = k, seed, batch_size, options
+
+    def predict(self, sources: list[str]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any] | None] = [None] * len(sources)
+        batches, owners = [], []
+        f = self.info["features"]
+        for i, source in enumerate(sources):
+            try:
+                rng = np.random.default_rng(stable_seed(self.seed, "predict", source))
+                w = song_windows(read_bytes(source, self.options), f["frames"], f["mel_bins"], self.k, rng)
+            except (OSError, AudioError) as e:
+                rows[i] = skipped_row(source, f"unreadable: {e}")
+                continue
+            batches.append(w)
+            owners += [i] * len(w)
+        if batches:
+            probs = self._probs(np.concatenate(batches))
+            owners_arr = np.array(owners)
+            for i in sorted(set(owners)):
+                genre, confidence, votes = vote(probs[owners_arr == i])
+                rows[i] = {
+                    "source": sources[i],
+                    "genre": self.info["genres"][genre],
+                    "confidence": confidence,
+                    "votes": votes,
+                    "windows": int((owners_arr == i).sum()),
+                    "error": None,
+                }
+        return [r for r in rows if r is not None]
+
+    @torch.no_grad()
+    def _probs(self, x: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            batch = torch.from_numpy(x[i : i + self.batch_size]).to(self.device)
+            with autocast(self.device):
+                out.append(torch.softmax(self.model(batch).float(), dim=1).cpu())
+        return torch.cat(out).numpy()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows = self.predict([str(s) for s in batch["source"]])
+        return {k: [r[k] for r in rows] for k in ("source", "genre", "confidence", "votes", "windows", "error")}
+
+
+def predict_with_ray(songs: list[str], cfg: PredictConfig, options: StoreOptions) -> list[dict[str, Any]]:
+    import ray
+
+    from data.pipeline import init_ray
+
+    init_ray(cfg.ray_address)
+    gpus = 1 if resolve_device(cfg.device).type == "cuda" else 0
+    actors = max(1, int(ray.available_resources().get("GPU" if gpus else "CPU", 1)))
+    ds = ray.data.from_items([{"source": s} for s in songs]).map_batches(
+        SongPredictor,
+        fn_constructor_kwargs={
+            "model_dir": str(Path(cfg.model).resolve()),
+            "k": cfg.windows,
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+            "device": cfg.device,
+            "options": options,
+        },
+        batch_size=8,
+        concurrency=actors,
+        num_gpus=gpus,
+        num_cpus=0 if gpus else 1,
+    )
+    return ds.take_all()
+
+
+def write_results(rows: list[dict[str, Any]], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["source", "genre", "confidence", "votes", "windows", "error"]
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    width = min(60, max([len(r["source"]) for r in rows] + [4]))
+    lines = [f"{'song':<{width}}  {'genre':<10} {'confidence':>10} {'votes':>7}"]
+    for r in rows:
+        name = r["source"] if len(r["source"]) <= width else "..." + r["source"][-width + 3 :]
+        if r["error"]:
+            lines.append(f"{name:<{width}}  skipped: {r['error']}")
+        else:
+            lines.append(
+                f"{name:<{width}}  {r['genre']:<10} {r['confidence']:>10.3f} {r['votes']:>3}/{r['windows']:<3}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--inputs", argv[0], *argv[1:]]
+    cfg = parse(PredictConfig, argv, prog="genre-sweep predict", description=__doc__.split("\n\n")[0])
+
+    def body() -> None:
+        options = StoreOptions(cfg.s3_endpoint, cfg.s3_region)
+        songs, skipped = list_songs(cfg.inputs, options)
+        if len(songs) >= cfg.ray_threshold:
+            rows = predict_with_ray(songs, cfg, options)
+        else:
+            rows = SongPredictor(cfg.model, cfg.windows, cfg.seed, cfg.batch_size, cfg.device, options).predict(songs)
+        rows = sorted(rows + skipped, key=lambda r: r["source"])
+        write_results(rows, Path(cfg.out))
+        print(table(rows))
+        done = sum(r["error"] is None for r in rows)
+        print(
+            f"{done} songs predicted, {len(rows) - done} skipped; written: {cfg.out} and "
+            f"{Path(cfg.out).with_suffix('.json')}"
+        )
+
+    return run_job(body, known=(ModelError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""``train(config, data, report)``: the one training loop that sweep trials, retrain and benchmarks share.
+
+AdamW (fused on GPU) with weight decay on non-bias, non-norm trainable weights; linear warmup then
+linear decay (transformers' scheduler); gradient accumulation; clipping; bf16 autocast on GPU, fp32 on
+CPU; validation (window and clip accuracy) after every epoch; one ``report(metrics, checkpoint_dir)``
+per epoch; a checkpoint per epoch, the best one kept; resume from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
+
+from data.config import check, parse, to_json
+from data.sources import stable_seed
+from model.checkpoint import load_checkpoint, load_trainable, save_checkpoint
+from model.data import SplitArrays, TrainData, as_tensor
+from model.dora_ast import AdapterSettings, GenreClassifier, build_model
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, Any], Path], None]
+
+
+def _f(default: Any, text: str, **extra: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": text, **extra})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One configuration; the hyperparameter names are method.md's (its best trial is the default)."""
+
+    shards: str = dataclasses.field(metadata={"help": "prepared dataset (folder or s3://)"})
+    out: str = dataclasses.field(metadata={"help": "run folder: config, metrics, checkpoints, best model"})
+    pretrained: str = _f("tiny", "hub id, a local save_pretrained folder, or a named config: tiny, base-random")
+    learning_rate: float = _f(1.32e-4, "peak learning rate")
+    batch_size: int = _f(2, "windows per micro-batch")
+    warmup_ratio: float = _f(0.085, "fraction of optimizer steps of linear warmup")
+    weight_decay: float = _f(0.0676, "AdamW weight decay (not on biases, norms, DoRA magnitudes)")
+    num_train_epochs: int = _f(13, "epochs")
+    encoder_min_layer_to_update: int = _f(10, "lowest encoder layer with a DoRA adapter")
+    encoder_update_rank: int = _f(2, "DoRA rank r")
+    encoder_update_alpha: float = _f(4.25, "DoRA scale alpha (lora_alpha = alpha x r)")
+    classifier_hidden_layer_size: int = _f(200, "hidden size H of the classifier MLP")
+    gradient_accumulation_steps: int = _f(8, "micro-batches per optimizer step")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    seed: int = _f(0, "seed of the head's init, data order and dropout")
+    device: str = _f("auto", "auto, cpu or cuda[:N]")
+    eval_batch_size: int = _f(64, "windows per validation batch")
+    resume: str | None = _f(None, "checkpoint folder to resume from, or 'auto' for the run's latest")
+    s3_endpoint: str | None = _f(None, "endpoint of an S3-compatible store")
+    s3_region: str | None = _f(None, "S3 region")
+
+    def __post_init__(self) -> None:
+        check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.num_train_epochs >= 1, f"num_train_epochs must be >= 1, got {self.num_train_epochs}")
+        check(self.encoder_min_layer_to_update >= 0, "encoder_min_layer_to_update must be >= 0")
+        check(self.encoder_update_rank >= 1, f"encoder_update_rank must be >= 1, got {self.encoder_update_rank}")
+        check(self.encoder_update_alpha > 0, f"encoder_update_alpha must be > 0, got {self.encoder_update_alpha}")
+        check(self.classifier_hidden_layer_size >= 1, "classifier_hidden_layer_size must be >= 1")
+        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
+        check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+
+    @property
+    def adapters(self) -> AdapterSettings:
+        return AdapterSettings(
+            self.encoder_min_layer_to_update,
+            self.encoder_update_rank,
+            self.encoder_update_alpha,
+            self.classifier_hidden_layer_size,
+        )
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: GenreClassifier  # with the best epoch's weights loaded
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    run_dir: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay on trainable matrices only: not on biases, norms or DoRA magnitude vectors."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name or "magnitude" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+@torch.no_grad()
+def predict_logits(model: GenreClassifier, split: SplitArrays, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits (N, C) float32 on CPU for every window of ``split``, the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    feats = as_tensor(split.features)
+    out = []
+    for i in range(0, len(split), batch_size):
+        x = feats[i : i + batch_size].to(device, non_blocking=True).float()
+        with autocast(device):
+            out.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(out).cpu() if out else torch.zeros(0)
+
+
+def clip_logits(logits: torch.Tensor, clips: np.ndarray) -> torch.Tensor:
+    """Mean window logits per clip: (n_clips, C)."""
+    index = torch.from_numpy(clips)
+    sums = torch.zeros(int(clips.max()) + 1, logits.shape[1]).index_add_(0, index, logits)
+    return sums / torch.bincount(index).unsqueeze(1)
+
+
+def validation_metrics(logits: torch.Tensor, split: SplitArrays, prefix: str = "val") -> dict[str, float]:
+    labels = torch.from_numpy(split.labels)
+    clip_labels = torch.zeros(len(split.clip_names), dtype=torch.long).index_copy_(
+        0, torch.from_numpy(split.clips), labels
+    )
+    per_clip = clip_logits(logits, split.clips)
+    return {
+        f"{prefix}_loss": F.cross_entropy(logits, labels).item(),
+        f"{prefix}_window_acc": (logits.argmax(1) == labels).float().mean().item(),
+        f"{prefix}_clip_acc": (per_clip.argmax(1) == clip_labels).float().mean().item(),
+    }
+
+
+def _better(new: dict[str, float], old: dict[str, float] | None) -> bool:
+    if old is None:
+        return True
+    return (new["val_clip_acc"], -new["val_loss"]) > (old["val_clip_acc"], -old["val_loss"])
+
+
+def train(config: TrainConfig, data: TrainData, report: Report | None = None) -> TrainResult:
+    """Train one configuration on ``data``; returns the model with its best epoch's weights."""
+    run_dir = Path(config.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(to_json(config))
+    device = resolve_device(config.device)
+    train_split, val_split = data.split("train"), data.split("val")
+
+    model = build_model(
+        config.pretrained, len(data.genres), config.adapters, data.frames, data.mel_bins, seed=config.seed
+    ).to(device)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        param_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=fused
+    )
+    micro_batches = math.ceil(len(train_split) / config.batch_size)
+    steps_per_epoch = math.ceil(micro_batches / config.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * config.num_train_epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    first_epoch = 1
+    if config.resume:
+        from model.checkpoint import latest_checkpoint
+
+        path = latest_checkpoint(run_dir) if config.resume == "auto" else Path(config.resume)
+        if path is not None:
+            state = load_checkpoint(path, model, optimizer, scheduler)
+            history, best, first_epoch = state["history"], state["best"], state["epoch"] + 1
+            log.info("resumed from %s at epoch %d", path, first_epoch)
+
+    feats, labels = as_tensor(train_split.features), torch.from_numpy(train_split.labels)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for epoch in range(first_epoch, config.num_train_epochs + 1):
+        start = time.perf_counter()
+        torch.manual_seed(stable_seed(config.seed, "epoch", epoch))  # dropout: the same on resume
+        order = torch.randperm(
+            len(train_split), generator=torch.Generator().manual_seed(stable_seed(config.seed, "order", epoch))
+        )
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for i, first in enumerate(range(0, len(order), config.batch_size)):
+            idx = order[first : first + config.batch_size]
+            x = feats[idx].to(device, non_blocking=True).float()  # (B, frames, mel)
+            y = labels[idx].to(device, non_blocking=True)
+            with autocast(device):
+                loss = F.cross_entropy(model(x).float(), y)
+            (loss / config.gradient_accumulation_steps).backward()
+            loss_sum += loss.detach() * len(idx)
+            if (i + 1) % config.gradient_accumulation_steps == 0 or i + 1 == micro_batches:
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        train_s = time.perf_counter() - start
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / len(train_split),
+            **validation_metrics(predict_logits(model, val_split, config.eval_batch_size, device), val_split),
+            "lr": scheduler.get_last_lr()[0],
+            "train_examples_per_s": len(train_split) / train_s,
+            "epoch_s": time.perf_counter() - start,
+        }
+        history.append(metrics)
+        if _better(metrics, best):
+            best = metrics
+        ckpt = save_checkpoint(
+            run_dir / "checkpoints" / f"epoch-{epoch:03d}",
+            model,
+            optimizer,
+            scheduler,
+            {"epoch": epoch, "history": history, "best": best},
+        )
+        if best["epoch"] == epoch:
+            shutil.copytree(ckpt, run_dir / "best", dirs_exist_ok=True)
+        with (run_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        log.info(
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_window_acc %.3f  val_clip_acc %.3f  (%.1f ex/s)",
+            epoch,
+            config.num_train_epochs,
+            metrics["train_loss"],
+            metrics["val_loss"],
+            metrics["val_window_acc"],
+            metrics["val_clip_acc"],
+            metrics["train_examples_per_s"],
+        )
+        if report is not None:
+            report(metrics, ckpt)
+        _prune(run_dir, keep={epoch, best["epoch"]})
+
+    load_trainable(run_dir / "best", model)
+    assert best is not None
+    return TrainResult(model, best["epoch"], best, history, run_dir)
+
+
+def _prune(run_dir: Path, keep: set[int]) -> None:
+    """Keep the latest epoch's checkpoint (to resume) and the best one; drop the rest."""
+    for path in (run_dir / "checkpoints").glob("epoch-*"):
+        if int(path.name.split("-")[1]) not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data.jobs import run_job
+    from data.pipeline import PrepareError
+    from data.store import StoreOptions
+    from model.checkpoint import CheckpointError
+    from model.data import load_data
+    from model.dora_ast import ModelError
+    from model.export import export_model
+
+    cfg = parse(
+        TrainConfig,
+        argv,
+        prog="genre-sweep train",
+        description="Train one DoRA-AST configuration on prepared shards and write its run folder.",
+    )
+
+    def body() -> None:
+        data = load_data(cfg.shards, StoreOptions(cfg.s3_endpoint, cfg.s3_region), splits=("train", "val"))
+        result = train(cfg, data)
+        path = export_model(result.model, Path(cfg.out) / "model", data.genres, data.frames, data.mel_bins)
+        log.info(
+            "best epoch %d: val_clip_acc %.3f val_window_acc %.3f; exported model: %s",
+            result.best_epoch,
+            result.best_metrics["val_clip_acc"],
+            result.best_metrics["val_window_acc"],
+            path,
+        )
+
+    return run_job(body, known=(ModelError, CheckpointError, PrepareError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

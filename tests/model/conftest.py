@@ -1,0 +1,54 @@
+import pytest
+
+from data.config import resolve
+from data.pipeline import run_prepare
+from data.prepare import PrepareConfig
+from model.data import load_data
+from model.train import TrainConfig
+from tests.conftest import make_corpus
+
+GENRES = ("blues", "classical", "metal", "reggae")
+
+
+@pytest.fixture(scope="session")
+def small_shards(ray_local, tmp_path_factory):
+    """4 genres x 16 clips of 6 s, windows of 256 frames; half the tracks train, half validate."""
+    root = tmp_path_factory.mktemp("model-data")
+    corpus = make_corpus(root / "corpus", per_genre=16, seconds=6.0, genres=GENRES)
+    out = root / "shards"
+    run_prepare(
+        resolve(
+            PrepareConfig,
+            {
+                "source": str(corpus),
+                "out": str(out),
+                "genres": ",".join(GENRES),
+                "frames": "256",
+                "effects": "echo",
+                "split": "0.5,0.5,0",
+            },
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_data(small_shards):
+    return load_data(str(small_shards), splits=("train", "val"))
+
+
+def quick_config(shards, out, **overrides) -> TrainConfig:
+    """Settings under which the tiny model learns the small corpus in seconds on a CPU."""
+    values = {
+        "shards": str(shards),
+        "out": str(out),
+        "pretrained": "tiny",
+        "learning_rate": "3e-3",
+        "batch_size": "8",
+        "gradient_accumulation_steps": "1",
+        "warmup_ratio": "0.1",
+        "num_train_epochs": "2",
+        "device": "cpu",
+        **overrides,
+    }
+    return resolve(TrainConfig, values)

@@ -1,0 +1,73 @@
+import pytest
+import torch
+from transformers import ASTConfig, ASTForAudioClassification
+
+from model.dora_ast import AdapterSettings, ModelError, _backbone_config, _load_backbone, build_model
+
+
+def _tiny(**kw):
+    return build_model("tiny", 4, AdapterSettings(**kw), frames=256, mel_bins=128)
+
+
+def test_only_dora_and_head_parameters_require_grad():
+    model = _tiny(min_layer=10, rank=2)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("head.") or "lora_" in n for n in trainable)
+    adapted = {n.split(".mlp.fc2")[0] for n in trainable if "lora_" in n}
+    assert adapted == {"backbone.layers.10", "backbone.layers.11"}
+    assert not any(
+        p.requires_grad for n, p in model.named_parameters() if n.startswith(("head_norm", "backbone.embeddings"))
+    )
+
+
+def test_dora_scale_is_alpha():
+    model = _tiny(min_layer=11, rank=3, alpha=4.25)
+    assert model.backbone.layers[11].mlp.fc2.scaling["default"] == pytest.approx(4.25)
+
+
+def test_at_initialisation_dora_leaves_the_frozen_models_hidden_states_unchanged():
+    model = _tiny(min_layer=8, rank=2)
+    plain, _ = _load_backbone(*_backbone_config("tiny", 256, 128))
+    x = torch.randn(3, 256, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model.backbone(x).last_hidden_state, plain(x).last_hidden_state, rtol=0, atol=1e-6)
+
+
+def test_the_frozen_prefix_and_the_rest_compose_to_the_full_forward():
+    model = _tiny(min_layer=10).eval()
+    x = torch.randn(2, 256, 128)
+    with torch.no_grad():
+        full = model(x)
+        for start in (0, 5, 10):
+            torch.testing.assert_close(model.forward_from(model.prefix(x, start), start), full, rtol=1e-5, atol=1e-5)
+
+
+def test_a_local_pretrained_folder_loads_offline_and_must_match_the_shards(tmp_path):
+    cfg = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_length=1024,
+        num_mel_bins=128,
+        num_labels=5,
+    )
+    saved = ASTForAudioClassification(cfg)
+    saved.save_pretrained(tmp_path / "ast")
+    model = build_model(str(tmp_path / "ast"), 4, AdapterSettings(min_layer=1), frames=1024, mel_bins=128)
+    torch.testing.assert_close(model.head_norm.weight, saved.classifier.layernorm.weight)
+    torch.testing.assert_close(
+        model.backbone.layers[0].mlp.fc1.weight, saved.audio_spectrogram_transformer.layers[0].mlp.fc1.weight
+    )
+    with pytest.raises(ModelError, match="--frames 1024"):
+        build_model(str(tmp_path / "ast"), 4, AdapterSettings(min_layer=1), frames=256, mel_bins=128)
+
+
+def test_a_hub_id_offline_fails_fast_naming_the_local_folder_alternative():
+    with pytest.raises(ModelError, match="save_pretrained\\(DIR\\).*--pretrained DIR"):
+        build_model("MIT/ast-finetuned-audioset-10-10-0.4593", 10, AdapterSettings(), 1024, 128)
+
+
+def test_min_layer_beyond_the_model_is_refused():
+    with pytest.raises(ModelError, match="must be in \\[0, 11\\]"):
+        _tiny(min_layer=12)

@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from model.evaluate import main as evaluate_main
+from model.export import export_model
+from model.predict import main as predict_main
+from model.predict import vote
+from model.train import train
+from tests.model.conftest import quick_config
+
+
+def _exported(small_shards, small_data, tmp_path):
+    result = train(quick_config(small_shards, tmp_path / "run", num_train_epochs="2"), small_data)
+    return export_model(result.model, tmp_path / "model", small_data.genres, 256, 128)
+
+
+def test_evaluate_writes_metrics_per_genre_scores_and_a_confusion_matrix(small_shards, small_data, tmp_path, capsys):
+    model = _exported(small_shards, small_data, tmp_path)
+    out = tmp_path / "eval"
+    assert (
+        evaluate_main(
+            [
+                "--model",
+                str(model),
+                "--shards",
+                str(small_shards),
+                "--split",
+                "val",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    matrix = np.array(json.loads((out / "confusion.json").read_text())["matrix"])
+    assert matrix.sum() == metrics["clips"] == 32
+    assert metrics["clip_acc"] == np.trace(matrix) / matrix.sum()
+    assert set(metrics["per_genre"]) == {"blues", "classical", "metal", "reggae"}
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "clip accuracy" in capsys.readouterr().out
+
+
+def test_predict_handles_a_short_a_long_and_a_broken_file(small_shards, small_data, tmp_path, capsys):
+    model = _exported(small_shards, small_data, tmp_path)
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    t = np.arange(22050 * 40) / 22050
+    music = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 2 * t))).astype(np.float32)
+    sf.write(songs / "long.flac", music, 22050)  # 40 s
+    sf.write(songs / "short.wav", music[: 22050 // 2], 22050)  # half a second: shorter than a window
+    (songs / "broken.mp3").write_bytes(b"not an mp3")
+    out = tmp_path / "pred.csv"
+    assert predict_main([str(songs), "--model", str(model), "--out", str(out), "--device", "cpu"]) == 0
+    rows = {r["source"].rsplit("/", 1)[-1]: r for r in json.loads(out.with_suffix(".json").read_text())}
+    assert rows["long.flac"]["windows"] == 20 and rows["long.flac"]["genre"] in small_data.genres
+    assert rows["short.wav"]["windows"] == 1 and rows["short.wav"]["genre"] in small_data.genres
+    assert rows["broken.mp3"]["genre"] is None and "unreadable" in rows["broken.mp3"]["error"]
+    assert 0 < rows["long.flac"]["confidence"] <= 1
+    assert "skipped" in capsys.readouterr().out
+    assert out.read_text().startswith("source,genre,confidence,votes,windows,error")
+
+
+def test_the_vote_is_a_majority_and_confidence_averages_the_voters():
+    probs = np.array([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8]])
+    winner, confidence, votes = vote(probs)
+    assert (winner, votes) == (0, 2) and confidence == pytest.approx(0.65)
+    tie = np.array([[0.9, 0.1], [0.4, 0.6]])
+    assert vote(tie)[0] == 0  # the tied genre with the higher mean probability

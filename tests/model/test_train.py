@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import load_trainable
+from model.export import export_model, load_exported
+from model.train import predict_logits, train
+from tests.model.conftest import quick_config
+
+
+def test_the_loss_falls_and_the_tiny_model_learns_well_above_chance(small_shards, small_data, tmp_path):
+    result = train(quick_config(small_shards, tmp_path / "run", num_train_epochs="10"), small_data)
+    losses = [m["train_loss"] for m in result.history]
+    assert losses[-1] < 0.6 * losses[0]
+    assert result.best_metrics["val_clip_acc"] >= 0.6  # chance: 0.25 (4 genres)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["learning_rate"] == 3e-3
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 10
+
+
+def test_reports_once_per_epoch_with_a_checkpoint_and_keeps_only_latest_and_best(small_shards, small_data, tmp_path):
+    seen = []
+    result = train(
+        quick_config(small_shards, tmp_path / "run", num_train_epochs="3"),
+        small_data,
+        report=lambda metrics, ckpt: seen.append((metrics["epoch"], ckpt.exists())),
+    )
+    assert seen == [(1, True), (2, True), (3, True)]
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == sorted({f"epoch-{result.best_epoch:03d}", "epoch-003"})
+    files = {p.name for p in (tmp_path / "run" / "checkpoints" / "epoch-003").iterdir()}
+    assert files == {"trainable.safetensors", "optimizer.safetensors", "state.json"}
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resuming_from_a_checkpoint_gives_identical_logits(small_shards, small_data, tmp_path):
+    straight = train(quick_config(small_shards, tmp_path / "a", num_train_epochs="2"), small_data)
+
+    def stop_after_first(metrics, ckpt):
+        if metrics["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(quick_config(small_shards, tmp_path / "b", num_train_epochs="2"), small_data, report=stop_after_first)
+    resumed = train(quick_config(small_shards, tmp_path / "b", num_train_epochs="2", resume="auto"), small_data)
+    assert [m["epoch"] for m in resumed.history] == [1, 2]
+    # compare the final epoch's weights (train() returns the best epoch's)
+    load_trainable(tmp_path / "a" / "checkpoints" / "epoch-002", straight.model)
+    load_trainable(tmp_path / "b" / "checkpoints" / "epoch-002", resumed.model)
+    val = small_data.split("val")
+    a = predict_logits(straight.model, val, 64, torch.device("cpu"))
+    b = predict_logits(resumed.model, val, 64, torch.device("cpu"))
+    assert torch.equal(a, b)
+
+
+def test_export_round_trip_gives_the_same_logits(small_shards, small_data, tmp_path):
+    result = train(quick_config(small_shards, tmp_path / "run", num_train_epochs="2"), small_data)
+    val = small_data.split("val")
+    before = predict_logits(result.model, val, 64, torch.device("cpu"))
+    path = export_model(result.model, tmp_path / "export", small_data.genres, small_data.frames, small_data.mel_bins)
+    loaded, info = load_exported(path)
+    after = predict_logits(loaded, val, 64, torch.device("cpu"))
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)  # DoRA merged into the weights
+    again, _ = load_exported(export_model(loaded, tmp_path / "export2", info["genres"], 256, 128))
+    assert torch.equal(predict_logits(again, val, 64, torch.device("cpu")), after)
+    assert info["genres"] == list(small_data.genres) and not loaded.training
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "genre_sweep.json", "model.safetensors"]
+    assert not any("lora" in k for k in loaded.state_dict())
+    assert np.isfinite(after.numpy()).all()
