@@ -32,6 +32,14 @@ def test_unknown_jobs_and_bad_flags_are_clear_errors(capsys):
 
 
 def test_jobs_run_as_modules():
-    for module in ("data.synth", "data.prepare", "data.inspect", "tune.cli"):
+    for module in (
+        "data.synth",
+        "data.prepare",
+        "data.inspect",
+        "model.train",
+        "model.evaluate",
+        "model.predict",
+        "tune.cli",
+    ):
         done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and "usage" in done.stdout, module
