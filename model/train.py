@@ -27,7 +27,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from data.config import check, parse, to_json
 from data.sources import stable_seed
-from model.checkpoint import load_checkpoint, load_trainable, save_checkpoint
+from model.checkpoint import CheckpointError, load_checkpoint, load_trainable, save_checkpoint
 from model.data import SplitArrays, TrainData, as_tensor
 from model.dora_ast import AdapterSettings, GenreClassifier, build_model
 
@@ -61,7 +61,7 @@ class TrainConfig:
     seed: int = _f(0, "seed of the head's init, data order and dropout")
     device: str = _f("auto", "auto, cpu or cuda[:N]")
     eval_batch_size: int = _f(64, "windows per validation batch")
-    resume: str | None = _f(None, "checkpoint folder to resume from, or 'auto' for the run's latest")
+    resume: str | None = _f(None, "checkpoint folder to resume from, or 'auto' for the run's latest (if any)")
     s3_endpoint: str | None = _f(None, "endpoint of an S3-compatible store")
     s3_region: str | None = _f(None, "S3 region")
 
@@ -161,6 +161,8 @@ def _better(new: dict[str, float], old: dict[str, float] | None) -> bool:
 def train(config: TrainConfig, data: TrainData, report: Report | None = None) -> TrainResult:
     """Train one configuration on ``data``; returns the model with its best epoch's weights."""
     run_dir = Path(config.out)
+    if not config.resume and any((run_dir / "checkpoints").glob("epoch-*")):
+        raise CheckpointError(f"{run_dir} already holds a run's checkpoints: pass --resume auto, or another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(to_json(config))
     device = resolve_device(config.device)
@@ -189,6 +191,8 @@ def train(config: TrainConfig, data: TrainData, report: Report | None = None) ->
             state = load_checkpoint(path, model, optimizer, scheduler)
             history, best, first_epoch = state["history"], state["best"], state["epoch"] + 1
             log.info("resumed from %s at epoch %d", path, first_epoch)
+    # metrics.jsonl holds exactly the epochs in ``history``: rewrite it from there
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
 
     feats, labels = as_tensor(train_split.features), torch.from_numpy(train_split.labels)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -264,9 +268,7 @@ def _prune(run_dir: Path, keep: set[int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from data.jobs import run_job
-    from data.pipeline import PrepareError
     from data.store import StoreOptions
-    from model.checkpoint import CheckpointError
     from model.data import load_data
     from model.dora_ast import ModelError
     from model.export import export_model
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             path,
         )
 
-    return run_job(body, known=(ModelError, CheckpointError, PrepareError))
+    return run_job(body, known=(ModelError, CheckpointError))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import load_trainable
+from model.checkpoint import CheckpointError, load_trainable
 from model.export import export_model, load_exported
 from model.train import predict_logits, train
 from tests.model.conftest import quick_config
@@ -33,6 +33,12 @@ def test_reports_once_per_epoch_with_a_checkpoint_and_keeps_only_latest_and_best
     assert files == {"trainable.safetensors", "optimizer.safetensors", "state.json"}
 
 
+def test_a_run_folder_with_checkpoints_is_not_trained_over_without_resume(small_shards, small_data, tmp_path):
+    train(quick_config(small_shards, tmp_path / "run", num_train_epochs="1"), small_data)
+    with pytest.raises(CheckpointError, match="--resume auto"):
+        train(quick_config(small_shards, tmp_path / "run", num_train_epochs="1"), small_data)
+
+
 class Stop(Exception):
     pass
 
@@ -48,6 +54,7 @@ def test_resuming_from_a_checkpoint_gives_identical_logits(small_shards, small_d
         train(quick_config(small_shards, tmp_path / "b", num_train_epochs="2"), small_data, report=stop_after_first)
     resumed = train(quick_config(small_shards, tmp_path / "b", num_train_epochs="2", resume="auto"), small_data)
     assert [m["epoch"] for m in resumed.history] == [1, 2]
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
     # compare the final epoch's weights (train() returns the best epoch's)
     load_trainable(tmp_path / "a" / "checkpoints" / "epoch-002", straight.model)
     load_trainable(tmp_path / "b" / "checkpoints" / "epoch-002", resumed.model)
