@@ -1,0 +1,116 @@
+"""The sweep's searcher and scheduler, with the two fixes the stock Ray classes need.
+
+- ``PruneAwareOptunaSearch``: a trial that ASHA stopped before its own epoch count is told to the
+  Optuna study as PRUNED (with its per-epoch intermediate values), not as COMPLETE with a low-budget
+  score, which would mislead TPE.
+- ``PersistentASHA``: ASHA whose rungs (every trial's recorded score at every milestone) and
+  trial-to-bracket assignment are written as JSON after each change and reloaded on resume; Tune does
+  not save scheduler state on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from data.store import StoreOptions, filesystem, write_bytes
+
+log = logging.getLogger(__name__)
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that records scheduler-stopped trials as pruned.
+
+    A trial's planned epoch count is noted when it is suggested (``default_epochs`` when the space
+    does not search it); a trial that ends, without error, before that count was stopped by the
+    scheduler and is told PRUNED. A complete trial is told its best epoch's value. The last epoch's
+    value (which Tune hands to ``on_trial_complete``, not ``on_trial_result``) is reported too.
+    """
+
+    def __init__(self, *args: Any, default_epochs: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._default_epochs = default_epochs
+        self._planned: dict[str, int] = {}
+        self._best: dict[str, float] = {}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if config is not None:
+            self._planned[trial_id] = int(config.get("num_train_epochs", self._default_epochs))
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        value = result.get(self.metric)
+        if value is not None:
+            self._best[trial_id] = max(value, self._best.get(trial_id, value))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if error or not result or trial_id not in self._ot_trials or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        ot_trial, done, value = self._ot_trials[trial_id], result.get("training_iteration", 0), result.get(self.metric)
+        if value is not None:
+            ot_trial.report(value, done)  # the last epoch: Tune passes it here, not to on_trial_result
+            self._best[trial_id] = max(value, self._best.get(trial_id, value))
+        if done < self._planned.get(trial_id, done):
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        else:  # a trial's score is its best epoch, the one training keeps
+            self._ot_study.tell(ot_trial, self._best.get(trial_id))
+        self._completed_trials.add(trial_id)
+
+
+class PersistentASHA(ASHAScheduler):
+    """ASHA that keeps its rung state in a JSON file (local or s3://) and reloads it on resume."""
+
+    def __init__(self, state_uri: str, options: StoreOptions, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._state_uri, self._options = state_uri, options
+        self._saved_brackets: dict[str, int] = {}
+
+    def restore_state(self) -> bool:
+        """Load saved rungs if the state file exists; True if it did."""
+        fs, path = filesystem(self._state_uri, self._options)
+        try:
+            with fs.open_input_stream(path) as f:
+                state = json.loads(f.read())
+        except FileNotFoundError:
+            return False
+        if len(state["rungs"]) != len(self._brackets):
+            raise ValueError(f"{self._state_uri}: saved ASHA state has another bracket count")
+        for bracket, rungs in zip(self._brackets, state["rungs"], strict=True):
+            saved = {float(m): recorded for m, recorded in rungs}
+            bracket._rungs = [(m, dict(saved.get(float(m), {}))) for m, _ in bracket._rungs]
+        self._saved_brackets = state["trial_bracket"]
+        log.info("ASHA state restored from %s (%d trials)", self._state_uri, len(self._saved_brackets))
+        return True
+
+    def _save(self) -> None:
+        index = {id(b): i for i, b in enumerate(self._brackets)}
+        state = {
+            "rungs": [[[m, recorded] for m, recorded in b._rungs] for b in self._brackets],
+            "trial_bracket": {**self._saved_brackets, **{tid: index[id(b)] for tid, b in self._trial_info.items()}},
+        }
+        fs, path = filesystem(self._state_uri, self._options)
+        write_bytes(fs, path, json.dumps(state).encode())
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if trial.trial_id in self._saved_brackets:
+            self._trial_info[trial.trial_id] = self._brackets[self._saved_brackets[trial.trial_id]]
+            return
+        super().on_trial_add(tune_controller, trial)
+        self._save()
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()

@@ -1,0 +1,90 @@
+"""The search space: method.md's nine hyperparameters by default, changed or extended by a YAML file.
+
+A YAML file has two optional sections: ``space`` (name -> {type: float|int|categorical, low, high, log,
+choices}; a listed name replaces the default, ``null`` removes it) and ``fixed`` (TrainConfig fields
+held constant in every trial, e.g. ``gradient_accumulation_steps: 1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import optuna.distributions as od
+import yaml
+
+from data.config import ConfigError
+from model.train import TrainConfig
+
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    "learning_rate": {"type": "float", "low": 5e-6, "high": 5e-4, "log": True},
+    "batch_size": {"type": "categorical", "choices": [2, 4, 8, 16]},
+    "warmup_ratio": {"type": "float", "low": 0.01, "high": 0.1},
+    "weight_decay": {"type": "float", "low": 0.0, "high": 0.15},
+    "num_train_epochs": {"type": "int", "low": 7, "high": 20},
+    "encoder_min_layer_to_update": {"type": "int", "low": 10, "high": 11},
+    "encoder_update_rank": {"type": "int", "low": 1, "high": 3},
+    "encoder_update_alpha": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
+    "classifier_hidden_layer_size": {"type": "categorical", "choices": [50, 100, 200]},
+}
+# Fields a trial never takes from the space: they belong to the sweep, not to a configuration.
+NOT_SEARCHABLE = {"shards", "out", "resume", "device", "s3_endpoint", "s3_region", "pretrained"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    params: dict[str, dict[str, Any]]
+    fixed: dict[str, Any]
+
+    def distributions(self) -> dict[str, od.BaseDistribution]:
+        return {name: _distribution(name, spec) for name, spec in self.params.items()}
+
+    def max_epochs(self) -> int:
+        spec = self.params.get("num_train_epochs")
+        if spec is None:
+            return int(self.fixed.get("num_train_epochs", TrainConfig.__dataclass_fields__["num_train_epochs"].default))
+        return int(max(spec["choices"]) if spec["type"] == "categorical" else spec["high"])
+
+
+def _distribution(name: str, spec: dict[str, Any]) -> od.BaseDistribution:
+    kind = spec.get("type")
+    try:
+        if kind == "float":
+            return od.FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)))
+        if kind == "int":
+            return od.IntDistribution(int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)))
+        if kind == "categorical":
+            return od.CategoricalDistribution(list(spec["choices"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"search space {name}: {spec} is not a valid {kind} range ({e})") from e
+    raise ConfigError(f"search space {name}: type must be float, int or categorical, got {kind!r}")
+
+
+def load_space(path: str | None) -> SearchSpace:
+    """The default space, changed by the YAML file at ``path`` if given; every name is checked."""
+    params = {k: dict(v) for k, v in DEFAULT_SPACE.items()}
+    fixed: dict[str, Any] = {}
+    if path:
+        if not Path(path).is_file():
+            raise ConfigError(f"--space {path}: no such file")
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        unknown_sections = set(loaded) - {"space", "fixed"}
+        if unknown_sections:
+            raise ConfigError(f"--space {path}: unknown section(s) {sorted(unknown_sections)}; use space: and fixed:")
+        for name, spec in (loaded.get("space") or {}).items():
+            if spec is None:
+                params.pop(name, None)
+            else:
+                params[name] = spec
+        fixed = dict(loaded.get("fixed") or {})
+    fields = set(TrainConfig.__dataclass_fields__) - NOT_SEARCHABLE
+    for name in [*params, *fixed]:
+        if name not in fields:
+            raise ConfigError(f"search space: {name!r} is not a training setting; known: {sorted(fields)}")
+    both = set(params) & set(fixed)
+    if both:
+        raise ConfigError(f"search space: {sorted(both)} are both searched and fixed")
+    space = SearchSpace(params, fixed)
+    space.distributions()  # validates every range
+    return space

@@ -1,0 +1,242 @@
+"""``genre-sweep sweep``: Ray Tune + Optuna TPE + ASHA over the DoRA-AST space, then retrain and report.
+
+The shards are read once in the driver and shared with every trial through Ray's object store (no
+Ray Data inside trials). Each trial is one ``train()`` run reporting once per epoch with a checkpoint;
+the Optuna study lives in an RDB storage (SQLite beside the results by default) so optuna-dashboard
+can watch it; ``--resume`` finishes an interrupted sweep with its trials and ASHA state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from data.config import ConfigError, check, parse
+from data.jobs import run_job
+from data.store import StoreOptions, filesystem, is_s3
+
+log = logging.getLogger(__name__)
+
+
+class SweepError(RuntimeError):
+    """The sweep can't run as asked; the message says why and what to change."""
+
+
+def _f(default: Any, text: str, **extra: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": text, **extra})
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    shards: str = dataclasses.field(metadata={"help": "prepared dataset (folder or s3://)"})
+    storage: str = dataclasses.field(metadata={"help": "folder or s3://bucket/prefix for trials, study and report"})
+    name: str = _f("sweep", "experiment name: results go to <storage>/<name>")
+    pretrained: str = _f("tiny", "hub id, local folder, or named config (tiny, base-random)")
+    space: str | None = _f(None, "YAML file changing the search space (sections space: and fixed:)")
+    trials: int = _f(35, "number of trials")
+    max_concurrent_trials: int | None = _f(None, "trials at once (default: what the cluster's CPUs/GPUs hold)")
+    cpus_per_trial: float = _f(1.0, "CPUs reserved per trial")
+    gpus_per_trial: float = _f(0.0, "GPUs per trial; fractions pack several trials on one GPU")
+    grace_period: int = _f(1, "ASHA: epochs before a trial can be stopped")
+    reduction_factor: float = _f(3.0, "ASHA: keep the top 1/reduction_factor at each rung")
+    max_t: int | None = _f(None, "ASHA: most epochs (default: the largest epoch count in the space)")
+    metric: str = _f("val_clip_acc", "validation metric to maximise")
+    seed: int = _f(0, "seed of TPE and of the trials")
+    study_storage: str | None = _f(None, "SQLAlchemy URL of the Optuna study (default: SQLite beside the results)")
+    max_failures: int = _f(2, "retries of a crashed trial")
+    resume: bool = _f(False, "finish an interrupted sweep of the same name")
+    retrain: bool = _f(True, "retrain the best configuration, test it and write the report at the end")
+    retrain_seeds: int = _f(3, "seeds of the best-config retrain")
+    ray_address: str | None = _f(None, "Ray cluster address; local Ray when unset")
+    s3_endpoint: str | None = _f(None, "endpoint of an S3-compatible store")
+    s3_region: str | None = _f(None, "S3 region")
+
+    def __post_init__(self) -> None:
+        check(self.trials >= 1, f"trials must be >= 1, got {self.trials}")
+        check(self.cpus_per_trial > 0, f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        check(self.gpus_per_trial >= 0, f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
+        check(self.grace_period >= 1, f"grace_period must be >= 1, got {self.grace_period}")
+        check(self.reduction_factor > 1, f"reduction_factor must be > 1, got {self.reduction_factor}")
+        check(self.retrain_seeds >= 1, f"retrain_seeds must be >= 1, got {self.retrain_seeds}")
+        check(
+            self.max_concurrent_trials is None or self.max_concurrent_trials >= 1, "max_concurrent_trials must be >= 1"
+        )
+        check(bool(self.name) and "/" not in self.name, f"name must be a plain folder name, got {self.name!r}")
+
+    @property
+    def options(self) -> StoreOptions:
+        return StoreOptions(self.s3_endpoint, self.s3_region)
+
+    @property
+    def root(self) -> str:
+        return self.storage.rstrip("/") + "/" + self.name
+
+    def study_url(self) -> str:
+        if self.study_storage:
+            return self.study_storage
+        local = Path(self.storage) if not is_s3(self.storage) else Path("genre-sweep-studies")
+        local = local.resolve() / self.name if not is_s3(self.storage) else local.resolve()
+        local.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{local / ('optuna.db' if not is_s3(self.storage) else self.name + '.db')}"
+
+
+def check_resources(cpus: float, gpus: float) -> None:
+    """Fail at once if no alive node can ever hold one trial, instead of a trial pending forever."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        offered = ", ".join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU" for n in nodes)
+        raise SweepError(
+            f"no node can hold a trial of {cpus:g} CPU + {gpus:g} GPU (nodes offer: {offered}); "
+            "lower --cpus-per-trial/--gpus-per-trial or add such nodes"
+        )
+
+
+def concurrency(cfg: SweepConfig) -> int:
+    """Trials at once: the flag, else what the cluster's CPUs (and GPUs) hold, at least one."""
+    import ray
+
+    if cfg.max_concurrent_trials:
+        return cfg.max_concurrent_trials
+    res = ray.cluster_resources()
+    fits = [res.get("CPU", 0) // cfg.cpus_per_trial]
+    if cfg.gpus_per_trial:
+        fits.append(res.get("GPU", 0) // cfg.gpus_per_trial)
+    return max(1, int(min(fits)))
+
+
+def run_trial(config: dict[str, Any], data: Any, base: dict[str, Any]) -> None:
+    """One Tune trial: ``train()`` with this configuration, reporting each epoch with its checkpoint."""
+    import os
+    import tempfile
+
+    from ray import tune
+
+    from data.config import resolve
+    from model.train import TrainConfig, train
+
+    out = Path(tempfile.mkdtemp(prefix="trial-", dir=os.getcwd()))
+    values = {**base, **config, "out": str(out)}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a retried or resumed trial continues where its last epoch ended
+        resume_dir = out / "resume-from"
+        with checkpoint.as_directory() as d:
+            shutil.copytree(d, resume_dir)
+        values["resume"] = str(resume_dir)
+
+    def report(metrics: dict[str, Any], ckpt: Path) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+
+    train(resolve(TrainConfig, values), data, report=report)
+
+
+def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]):
+    """The Tuner (new, or restored with ``--resume``) and the ASHA scheduler it uses."""
+    import optuna
+    from ray import tune
+
+    from tune.search import PersistentASHA, PruneAwareOptunaSearch
+    from tune.space import load_space
+
+    space = load_space(cfg.space)
+    fs, _ = filesystem(cfg.storage, cfg.options)
+    storage_path = cfg.storage if is_s3(cfg.storage) else str(Path(cfg.storage).resolve())
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=data_ref, base={**base, **space.fixed}),
+        {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial},
+    )
+    scheduler = PersistentASHA(
+        state_uri=cfg.root + "/asha_state.json",
+        options=cfg.options,
+        time_attr="training_iteration",
+        grace_period=cfg.grace_period,
+        reduction_factor=cfg.reduction_factor,
+        max_t=cfg.max_t or space.max_epochs(),
+    )
+    if cfg.resume:
+        if not tune.Tuner.can_restore(cfg.root, storage_filesystem=fs if is_s3(cfg.storage) else None):
+            raise SweepError(f"--resume: no sweep to resume at {cfg.root}")
+        scheduler.restore_state()
+        tuner = tune.Tuner.restore(
+            cfg.root, trainable=trainable, resume_errored=True, storage_filesystem=fs if is_s3(cfg.storage) else None
+        )
+        tuner._local_tuner._tune_config.scheduler = scheduler  # Tune does not save the scheduler itself
+        return tuner, scheduler
+    searcher = PruneAwareOptunaSearch(
+        space=space.distributions(),
+        metric=cfg.metric,
+        mode="max",
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        storage=optuna.storages.RDBStorage(cfg.study_url()),
+        study_name=cfg.name,
+        default_epochs=int(space.fixed.get("num_train_epochs", 13)),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric,
+            mode="max",
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=cfg.trials,
+            max_concurrent_trials=concurrency(cfg),
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=storage_path,
+            storage_filesystem=fs if is_s3(cfg.storage) else None,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=1,
+        ),
+    )
+    return tuner, scheduler
+
+
+def run_sweep(cfg: SweepConfig) -> Any:
+    """Run (or resume) the sweep; returns Tune's ResultGrid."""
+    from data.pipeline import init_ray
+    from model.data import load_data, share
+
+    init_ray(cfg.ray_address)
+    check_resources(cfg.cpus_per_trial, cfg.gpus_per_trial)
+    data = load_data(cfg.shards, cfg.options, splits=("train", "val"))
+    base = {
+        "shards": cfg.shards,
+        "pretrained": cfg.pretrained,
+        "seed": cfg.seed,
+        "device": "cuda" if cfg.gpus_per_trial > 0 else "cpu",
+        "s3_endpoint": cfg.s3_endpoint,
+        "s3_region": cfg.s3_region,
+    }
+    tuner, _ = build_tuner(cfg, share(data), base)
+    log.info(
+        "sweep %s: %d trials, study %s; watch with `optuna-dashboard %s`",
+        cfg.root,
+        cfg.trials,
+        cfg.name,
+        cfg.study_url(),
+    )
+    return tuner.fit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(SweepConfig, argv, prog="genre-sweep sweep", description=__doc__.split("\n\n")[0])
+
+    def body() -> None:
+        results = run_sweep(cfg)
+        if cfg.retrain:
+            from tune.retrain import retrain_and_report
+
+            retrain_and_report(cfg, results)
+
+    return run_job(body, known=(SweepError, ConfigError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
