@@ -1,0 +1,44 @@
+import optuna.distributions as od
+import pytest
+
+from data.config import ConfigError
+from tune.space import DEFAULT_SPACE, load_space
+
+
+def test_the_default_space_is_method_md_nine_hyperparameters():
+    space = load_space(None)
+    d = space.distributions()
+    assert set(d) == set(DEFAULT_SPACE) and len(d) == 9
+    assert d["learning_rate"] == od.FloatDistribution(5e-6, 5e-4, log=True)
+    assert d["batch_size"] == od.CategoricalDistribution([2, 4, 8, 16])
+    assert d["num_train_epochs"] == od.IntDistribution(7, 20)
+    assert space.max_epochs() == 20
+
+
+def test_a_yaml_file_changes_removes_adds_and_fixes(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "space:\n  encoder_min_layer_to_update: {type: int, low: 0, high: 11}\n  warmup_ratio: null\n"
+        "  max_grad_norm: {type: float, low: 0.5, high: 2.0}\nfixed:\n  gradient_accumulation_steps: 1\n"
+    )
+    space = load_space(str(path))
+    assert space.distributions()["encoder_min_layer_to_update"] == od.IntDistribution(0, 11)
+    assert "warmup_ratio" not in space.params and "max_grad_norm" in space.params
+    assert space.fixed == {"gradient_accumulation_steps": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("space:\n  colour: {type: int, low: 0, high: 1}\n", "'colour' is not a training setting"),
+        ("space:\n  learning_rate: {type: float, low: 1, high: 0.1}\n", "not a valid float range"),
+        ("space:\n  batch_size: {type: list}\n", "type must be float, int or categorical"),
+        ("fixed:\n  batch_size: 4\n", "both searched and fixed"),
+        ("spaces: {}\n", "unknown section"),
+    ],
+)
+def test_bad_space_files_are_named_with_the_problem(tmp_path, text, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_space(str(path))

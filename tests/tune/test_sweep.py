@@ -1,0 +1,89 @@
+"""Small sweeps on real local Ray with the tiny model: search, pruning, study, retrain, report."""
+
+import json
+
+import optuna
+import pytest
+
+from data.config import resolve
+from model.data import load_data
+from tune.retrain import retrain
+from tune.sweep import SweepConfig, SweepError, run_sweep
+from tune.sweep import main as sweep_main
+
+
+def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(sweep_shards, quick_space, tmp_path, capsys):
+    storage = tmp_path / "sweeps"
+    code = sweep_main(
+        [
+            "--shards",
+            str(sweep_shards),
+            "--storage",
+            str(storage),
+            "--name",
+            "s1",
+            "--space",
+            str(quick_space),
+            "--trials",
+            "6",
+            "--retrain-seeds",
+            "2",
+            "--max-concurrent-trials",
+            "2",
+        ]
+    )
+    assert code == 0
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{storage / 's1' / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 6 and "COMPLETE" in states
+    assert "PRUNED" in states  # ASHA stopped some trials, and the study knows them as pruned
+    for t in study.trials:
+        if t.state.name == "PRUNED":
+            assert len(t.intermediate_values) < t.params["num_train_epochs"]
+        else:
+            assert len(t.intermediate_values) == t.params["num_train_epochs"]
+            assert t.value == max(t.intermediate_values.values())
+    report = storage / "s1" / "report"
+    for name in (
+        "summary.md",
+        "best_config.json",
+        "trials.csv",
+        "history.png",
+        "learning_curves.png",
+        "confusion.png",
+        "retrain.json",
+        "model/model.safetensors",
+    ):
+        assert (report / name).exists(), name
+    best = json.loads((report / "best_config.json").read_text())
+    best_trial = max(
+        (t for t in study.trials if t.value is not None), key=lambda t: max(t.intermediate_values.values())
+    )
+    assert best["config"]["learning_rate"] == pytest.approx(best_trial.params["learning_rate"])
+    retrained = json.loads((report / "retrain.json").read_text())
+    assert len(retrained["per_seed"]) == 2 and 0 <= retrained["test_clip_acc_mean"] <= 1
+    assert len((report / "trials.csv").read_text().splitlines()) == 7
+    assert "test clip accuracy" in capsys.readouterr().out
+
+
+def test_a_trial_that_no_node_can_hold_fails_the_sweep_at_once(ray_local, sweep_shards, tmp_path):
+    cfg = resolve(SweepConfig, {"shards": str(sweep_shards), "storage": str(tmp_path), "gpus_per_trial": "1"})
+    with pytest.raises(SweepError, match="no node can hold a trial of 1 CPU \\+ 1 GPU"):
+        run_sweep(cfg)
+
+
+def test_retrain_is_reproducible_from_its_seed(sweep_shards, tmp_path):
+    data = load_data(str(sweep_shards))
+    values = {
+        "shards": str(sweep_shards),
+        "pretrained": "tiny",
+        "device": "cpu",
+        "learning_rate": 3e-3,
+        "batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "num_train_epochs": 2,
+    }
+    a = retrain(values, data, [7], tmp_path / "a")
+    b = retrain(values, data, [7], tmp_path / "b")
+    assert a["per_seed"] == [{**b["per_seed"][0]}]
+    assert a["chosen"]["test"]["confusion"] == b["chosen"]["test"]["confusion"]
