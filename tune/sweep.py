@@ -151,12 +151,16 @@ def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]):
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial},
     )
     scheduler = PersistentASHA(
-        state_uri=cfg.root + "/asha_state.json",
+        # beside the experiment folder, not in it: a resumed Tune re-uploads its stale copy of that folder
+        state_uri=cfg.root + "-asha-state.json",
         options=cfg.options,
         time_attr="training_iteration",
         grace_period=cfg.grace_period,
         reduction_factor=cfg.reduction_factor,
         max_t=cfg.max_t or space.max_epochs(),
+        # metric and mode here, not in TuneConfig: a restored Tuner does not hand them to a new scheduler
+        metric=cfg.metric,
+        mode="max",
     )
     if cfg.resume:
         if not tune.Tuner.can_restore(cfg.root, storage_filesystem=fs if is_s3(cfg.storage) else None):
@@ -179,8 +183,6 @@ def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]):
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=cfg.metric,
-            mode="max",
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=cfg.trials,
@@ -222,7 +224,20 @@ def run_sweep(cfg: SweepConfig) -> Any:
         cfg.name,
         cfg.study_url(),
     )
-    return tuner.fit()
+    results = tuner.fit()
+    close_interrupted(cfg)
+    return results
+
+
+def close_interrupted(cfg: SweepConfig) -> None:
+    """After a finished sweep nothing runs: a study trial still RUNNING was cut off by a killed driver."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.study_url())
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+        log.warning("study trial %d was interrupted (the sweep's driver stopped mid-trial): marked failed", t.number)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,3 +87,68 @@ def test_retrain_is_reproducible_from_its_seed(sweep_shards, tmp_path):
     b = retrain(values, data, [7], tmp_path / "b")
     assert a["per_seed"] == [{**b["per_seed"][0]}]
     assert a["chosen"]["test"]["confusion"] == b["chosen"]["test"]["confusion"]
+
+
+def test_a_killed_sweep_resumes_and_finishes_keeping_every_finished_trial(sweep_shards, quick_space, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    storage, name = tmp_path / "sweeps", "r1"
+    args = [
+        "--shards",
+        str(sweep_shards),
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        "--space",
+        str(quick_space),
+        "--trials",
+        "6",
+        "--max-concurrent-trials",
+        "1",
+        "--no-retrain",
+    ]
+    db = f"sqlite:///{storage / name / 'optuna.db'}"
+
+    def finished() -> dict[int, tuple]:
+        try:
+            study = optuna.load_study(study_name=name, storage=db)
+        except (KeyError, Exception):
+            return {}
+        return {
+            t.number: (t.state.name, t.value, dict(t.intermediate_values))
+            for t in study.trials
+            if t.state.name in ("COMPLETE", "PRUNED")
+        }
+
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tune.sweep", *args],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while len(finished()) < 2 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(1)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-sweep
+    driver.wait()
+    before = finished()
+    assert len(before) >= 2
+    rungs_before = json.loads((storage / f"{name}-asha-state.json").read_text())["rungs"]
+
+    assert sweep_main([*args, "--resume"]) == 0
+    study = optuna.load_study(study_name=name, storage=db)
+    after = {t.number: (t.state.name, t.value, dict(t.intermediate_values)) for t in study.trials}
+    for number, record in before.items():
+        assert after[number] == record  # nothing finished was lost or redone
+    done = [s for s, _, _ in after.values() if s in ("COMPLETE", "PRUNED")]
+    assert len(done) >= 6 - 1  # the budget is finished (a trial cut off by the kill counts as failed)
+    assert "RUNNING" not in [s for s, _, _ in after.values()]
+    rungs_after = json.loads((storage / f"{name}-asha-state.json").read_text())["rungs"]
+    for (milestone, recorded), (milestone_after, recorded_after) in zip(rungs_before[0], rungs_after[0], strict=True):
+        assert milestone == milestone_after and recorded.items() <= recorded_after.items()  # old rungs kept
+    assert sum(len(r) for _, r in rungs_after[0]) > sum(len(r) for _, r in rungs_before[0])  # and extended
