@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 DEMO_DIR       ?= demo-run
-DEMO_PER_GENRE ?= 8
-DEMO_SECONDS   ?= 30
-DEMO_EPOCHS    ?= 3
+DEMO_PER_GENRE ?= 10
+DEMO_SECONDS   ?= 15
+DEMO_TRIALS    ?= 10
 
 .PHONY: install demo test lint bench clean
 
@@ -19,20 +19,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The embedded default: a generated corpus -> Ray Data prepare on local Ray -> one training run of the tiny
-# model -> test-set evaluation -> song-level predictions. (The sweep and retrain join this as they land.)
+# The embedded default: a generated corpus -> Ray Data prepare on local Ray -> a sweep of the tiny model
+# (Optuna TPE + ASHA on Ray Tune) -> retrain of the best configuration with 2 seeds, tested -> report.
 demo: $(STAMP)
 	$(BIN)/genre-sweep synth --out $(DEMO_DIR)/corpus --per-genre $(DEMO_PER_GENRE) --seconds $(DEMO_SECONDS) --overwrite
-	$(BIN)/genre-sweep prepare --source $(DEMO_DIR)/corpus --out $(DEMO_DIR)/shards --overwrite
-	$(BIN)/genre-sweep inspect --shards $(DEMO_DIR)/shards
-	rm -rf $(DEMO_DIR)/run
-	$(BIN)/genre-sweep train --shards $(DEMO_DIR)/shards --out $(DEMO_DIR)/run --pretrained tiny \
-		--num-train-epochs $(DEMO_EPOCHS) --learning-rate 3e-3 --batch-size 8 --gradient-accumulation-steps 1
-	$(BIN)/genre-sweep evaluate --model $(DEMO_DIR)/run/model --shards $(DEMO_DIR)/shards --split test \
-		--out $(DEMO_DIR)/eval
-	$(BIN)/genre-sweep predict $(DEMO_DIR)/corpus/jazz --model $(DEMO_DIR)/run/model --out $(DEMO_DIR)/predictions.csv
-	@echo "demo: shards in $(DEMO_DIR)/shards, run in $(DEMO_DIR)/run, test metrics and confusion.png in" \
-		"$(DEMO_DIR)/eval, predictions in $(DEMO_DIR)/predictions.csv"
+	$(BIN)/genre-sweep prepare --source $(DEMO_DIR)/corpus --out $(DEMO_DIR)/shards --overwrite \
+		--frames 512 --effects echo,highpass --split 0.6,0.2,0.2
+	rm -rf $(DEMO_DIR)/sweeps
+	$(BIN)/genre-sweep sweep --shards $(DEMO_DIR)/shards --storage $(DEMO_DIR)/sweeps --name demo \
+		--space tune/spaces/demo.yaml --trials $(DEMO_TRIALS) --retrain-seeds 2
+	$(BIN)/genre-sweep predict $(DEMO_DIR)/corpus/jazz --model $(DEMO_DIR)/sweeps/demo/report/model \
+		--out $(DEMO_DIR)/predictions.csv
+	@echo "demo: report in $(DEMO_DIR)/sweeps/demo/report/summary.md; study: optuna-dashboard" \
+		"sqlite:///$$(pwd)/$(DEMO_DIR)/sweeps/demo/optuna.db; trials: tensorboard --logdir $(DEMO_DIR)/sweeps/demo"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
