@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -157,6 +158,9 @@ def retrain_and_report(cfg: Any, results: Any) -> dict[str, Any]:
             notes,
         )
         (report / "summary.md").write_text(summary)
+        url = cfg.study_url()
+        if url.startswith("sqlite:///"):  # the study outlives the cluster with the rest of the report
+            shutil.copyfile(url.removeprefix("sqlite:///"), report / "optuna.db")
         upload(report, cfg.root + "/report", cfg.options)
     log.info(
         "report written to %s/report: test clip accuracy %.4f ± %.4f over %d seeds",

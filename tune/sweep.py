@@ -144,8 +144,8 @@ def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]):
     from tune.space import load_space
 
     space = load_space(cfg.space)
-    fs, _ = filesystem(cfg.storage, cfg.options)
-    storage_path = cfg.storage if is_s3(cfg.storage) else str(Path(cfg.storage).resolve())
+    fs, storage_path = filesystem(cfg.storage, cfg.options)  # with a filesystem given, Tune wants bucket/key paths
+    experiment_path = storage_path + "/" + cfg.name
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data_ref, base={**base, **space.fixed}),
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial},
@@ -163,12 +163,10 @@ def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]):
         mode="max",
     )
     if cfg.resume:
-        if not tune.Tuner.can_restore(cfg.root, storage_filesystem=fs if is_s3(cfg.storage) else None):
+        if not tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
             raise SweepError(f"--resume: no sweep to resume at {cfg.root}")
         scheduler.restore_state()
-        tuner = tune.Tuner.restore(
-            cfg.root, trainable=trainable, resume_errored=True, storage_filesystem=fs if is_s3(cfg.storage) else None
-        )
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
         tuner._local_tuner._tune_config.scheduler = scheduler  # Tune does not save the scheduler itself
         return tuner, scheduler
     searcher = PruneAwareOptunaSearch(
@@ -191,7 +189,7 @@ def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]):
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=storage_path,
-            storage_filesystem=fs if is_s3(cfg.storage) else None,
+            storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=1,

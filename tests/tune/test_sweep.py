@@ -152,3 +152,40 @@ def test_a_killed_sweep_resumes_and_finishes_keeping_every_finished_trial(sweep_
     for (milestone, recorded), (milestone_after, recorded_after) in zip(rungs_before[0], rungs_after[0], strict=True):
         assert milestone == milestone_after and recorded.items() <= recorded_after.items()  # old rungs kept
     assert sum(len(r) for _, r in rungs_after[0]) > sum(len(r) for _, r in rungs_before[0])  # and extended
+
+
+def test_a_sweep_on_s3_storage_leaves_trials_report_and_study_in_the_bucket(
+    sweep_shards, quick_space, s3_endpoint, s3_bucket, tmp_path
+):
+    import boto3
+
+    code = sweep_main(
+        [
+            "--shards",
+            str(sweep_shards),
+            "--storage",
+            f"s3://{s3_bucket}/sweeps",
+            "--name",
+            "s3run",
+            "--space",
+            str(quick_space),
+            "--trials",
+            "2",
+            "--retrain-seeds",
+            "1",
+            "--s3-endpoint",
+            s3_endpoint,
+            "--study-storage",
+            f"sqlite:///{tmp_path / 'study.db'}",
+        ]
+    )
+    assert code == 0
+    keys = {
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=s3_bucket, Prefix="sweeps/")[
+            "Contents"
+        ]
+    }
+    for name in ("summary.md", "best_config.json", "trials.csv", "optuna.db", "model/model.safetensors"):
+        assert f"sweeps/s3run/report/{name}" in keys, name
+    assert any("/checkpoint_" in k for k in keys)  # trial checkpoints went to the bucket too
