@@ -14,6 +14,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "evaluate": ("model.evaluate", "accuracy, per-genre P/R/F1 and confusion matrix of an exported model"),
     "predict": ("model.predict", "song-level genres of audio files with an exported model"),
     "sweep": ("tune.sweep", "Ray Tune + Optuna TPE + ASHA search, then best-config retrain and report"),
+    "retrain": ("tune.retrain", "retrain, test and report a finished sweep's best configuration"),
 }
 
 

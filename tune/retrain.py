@@ -174,3 +174,15 @@ def retrain_and_report(cfg: Any, results: Any) -> dict[str, Any]:
         f"({len(outcome['seeds'])} seeds); report: {cfg.root}/report/summary.md"
     )
     return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tune.sweep import retrain_main
+
+    return retrain_main(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -227,6 +227,17 @@ def run_sweep(cfg: SweepConfig) -> Any:
     return results
 
 
+def load_results(cfg: SweepConfig) -> Any:
+    """The ResultGrid of a finished sweep in ``cfg``'s storage (for ``genre-sweep retrain``)."""
+    from ray import tune
+
+    fs, storage_path = filesystem(cfg.storage, cfg.options)
+    path = storage_path + "/" + cfg.name
+    if not tune.Tuner.can_restore(path, storage_filesystem=fs):
+        raise SweepError(f"no sweep named {cfg.name!r} in {cfg.storage}")
+    return tune.Tuner.restore(path, trainable=run_trial, storage_filesystem=fs).get_results()
+
+
 def close_interrupted(cfg: SweepConfig) -> None:
     """After a finished sweep nothing runs: a study trial still RUNNING was cut off by a killed driver."""
     import optuna
@@ -247,6 +258,25 @@ def main(argv: list[str] | None = None) -> int:
             from tune.retrain import retrain_and_report
 
             retrain_and_report(cfg, results)
+
+    return run_job(body, known=(SweepError, ConfigError))
+
+
+def retrain_main(argv: list[str] | None = None) -> int:
+    """``genre-sweep retrain``: retrain, test and report a finished sweep (one run with --no-retrain)."""
+    cfg = parse(
+        SweepConfig,
+        argv,
+        prog="genre-sweep retrain",
+        description="Retrain a finished sweep's best configuration with several seeds, test it, write the report.",
+    )
+
+    def body() -> None:
+        from data.pipeline import init_ray
+        from tune.retrain import retrain_and_report
+
+        init_ray(cfg.ray_address)
+        retrain_and_report(cfg, load_results(cfg))
 
     return run_job(body, known=(SweepError, ConfigError))
 

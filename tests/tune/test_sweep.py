@@ -189,3 +189,27 @@ def test_a_sweep_on_s3_storage_leaves_trials_report_and_study_in_the_bucket(
     for name in ("summary.md", "best_config.json", "trials.csv", "optuna.db", "model/model.safetensors"):
         assert f"sweeps/s3run/report/{name}" in keys, name
     assert any("/checkpoint_" in k for k in keys)  # trial checkpoints went to the bucket too
+
+
+def test_retrain_runs_on_its_own_after_a_sweep_without_retrain(sweep_shards, quick_space, tmp_path):
+    from tune.retrain import main as retrain_cli
+
+    args = [
+        "--shards",
+        str(sweep_shards),
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "nr",
+        "--space",
+        str(quick_space),
+        "--trials",
+        "2",
+        "--retrain-seeds",
+        "1",
+    ]
+    assert sweep_main([*args, "--no-retrain"]) == 0
+    assert not (tmp_path / "nr" / "report").exists()
+    assert retrain_cli(args) == 0
+    assert (tmp_path / "nr" / "report" / "summary.md").exists()
+    assert retrain_cli([*args[:4], "--name", "nothing-here"]) == 2
