@@ -73,6 +73,30 @@ def make_corpus(root: Path, per_genre: int = 2, seconds: float = 11.0, genres=No
     return root
 
 
+def prepare_small(root: Path, genres: tuple[str, ...], per_genre: int, split: str) -> Path:
+    """A generated corpus of 6 s clips prepared into 256-frame windows with one augmentation (real Ray)."""
+    from data.config import resolve
+    from data.pipeline import run_prepare
+    from data.prepare import PrepareConfig
+
+    corpus = make_corpus(root / "corpus", per_genre=per_genre, seconds=6.0, genres=genres)
+    out = root / "shards"
+    run_prepare(
+        resolve(
+            PrepareConfig,
+            {
+                "source": str(corpus),
+                "out": str(out),
+                "genres": ",".join(genres),
+                "frames": "256",
+                "effects": "echo",
+                "split": split,
+            },
+        )
+    )
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """10 genres x 3 clips of 11 s (two windows each), read-only for tests."""

@@ -1,11 +1,9 @@
 import pytest
 
 from data.config import resolve
-from data.pipeline import run_prepare
-from data.prepare import PrepareConfig
 from model.data import load_data
 from model.train import TrainConfig
-from tests.conftest import make_corpus
+from tests.conftest import prepare_small
 
 GENRES = ("blues", "classical", "metal", "reggae")
 
@@ -13,23 +11,7 @@ GENRES = ("blues", "classical", "metal", "reggae")
 @pytest.fixture(scope="session")
 def small_shards(ray_local, tmp_path_factory):
     """4 genres x 16 clips of 6 s, windows of 256 frames; half the tracks train, half validate."""
-    root = tmp_path_factory.mktemp("model-data")
-    corpus = make_corpus(root / "corpus", per_genre=16, seconds=6.0, genres=GENRES)
-    out = root / "shards"
-    run_prepare(
-        resolve(
-            PrepareConfig,
-            {
-                "source": str(corpus),
-                "out": str(out),
-                "genres": ",".join(GENRES),
-                "frames": "256",
-                "effects": "echo",
-                "split": "0.5,0.5,0",
-            },
-        )
-    )
-    return out
+    return prepare_small(tmp_path_factory.mktemp("model-data"), GENRES, per_genre=16, split="0.5,0.5,0")
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,6 @@
 import pytest
 
-from data.config import resolve
-from data.pipeline import run_prepare
-from data.prepare import PrepareConfig
-from tests.conftest import make_corpus
+from tests.conftest import prepare_small
 
 GENRES = ("blues", "classical", "metal", "reggae")
 QUICK_SPACE = """
@@ -19,23 +16,7 @@ fixed:
 @pytest.fixture(scope="session")
 def sweep_shards(ray_local, tmp_path_factory):
     """4 genres x 8 clips of 6 s, windows of 256 frames, split 4/2/2 per genre."""
-    root = tmp_path_factory.mktemp("sweep-data")
-    corpus = make_corpus(root / "corpus", per_genre=8, seconds=6.0, genres=GENRES)
-    out = root / "shards"
-    run_prepare(
-        resolve(
-            PrepareConfig,
-            {
-                "source": str(corpus),
-                "out": str(out),
-                "genres": ",".join(GENRES),
-                "frames": "256",
-                "effects": "echo",
-                "split": "0.5,0.25,0.25",
-            },
-        )
-    )
-    return out
+    return prepare_small(tmp_path_factory.mktemp("sweep-data"), GENRES, per_genre=8, split="0.5,0.25,0.25")
 
 
 @pytest.fixture
