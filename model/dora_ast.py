@@ -59,7 +59,9 @@ def _backbone_config(pretrained: str, frames: int, mel_bins: int) -> tuple[ASTCo
         )
         return cfg, None
     try:
-        cfg = ASTConfig.from_pretrained(pretrained)
+        if not Path(pretrained).exists() and os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
+            raise OSError("the hub is unreachable")  # fail now, not after the hub client's retries
+        cfg = ASTConfig.from_pretrained(pretrained, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
     except OSError as e:
         local = Path(pretrained).exists()
         hint = (
@@ -76,6 +78,19 @@ def _backbone_config(pretrained: str, frames: int, mel_bins: int) -> tuple[ASTCo
             f"hold {frames} x {mel_bins}; prepare the data with --frames {cfg.max_length} --mel-bins {cfg.num_mel_bins}"
         )
     return cfg, pretrained
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint accepts a TCP connection within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _load_backbone(cfg: ASTConfig, source: str | None) -> tuple[ASTModel, nn.LayerNorm]:

@@ -15,6 +15,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "predict": ("model.predict", "song-level genres of audio files with an exported model"),
     "sweep": ("tune.sweep", "Ray Tune + Optuna TPE + ASHA search, then best-config retrain and report"),
     "retrain": ("tune.retrain", "retrain, test and report a finished sweep's best configuration"),
+    "preflight": ("tune.preflight", "check cluster config, trial resources, storage and shards before a run"),
 }
 
 

@@ -1,0 +1,84 @@
+"""cluster.yaml against Ray's own schema (offline), and each preflight check passing and failing."""
+
+from pathlib import Path
+
+import yaml
+from transformers import ASTConfig, ASTForAudioClassification
+
+from tune.preflight import PreflightConfig, check_cluster_config, run_checks
+from tune.preflight import main as preflight_main
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
+
+
+def test_cluster_yaml_passes_rays_schema_and_keeps_the_rules():
+    full = check_cluster_config(str(CLUSTER))
+    raw = yaml.safe_load(CLUSTER.read_text())
+    assert raw["docker"]["image"] == "rayproject/ray:2.60.0-py312-gpu"  # pinned, not latest
+    assert raw["provider"]["type"] == "aws" and raw["idle_timeout_minutes"] > 0
+    gpu = full["available_node_types"]["gpu_worker"]
+    assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1 and gpu["resources"]["GPU"] >= 1
+    assert "GPU" not in full["available_node_types"]["head"]["resources"]
+    for node in raw["available_node_types"].values():
+        assert node["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::")
+    assert any("--dashboard-host=127.0.0.1" in c for c in raw["head_start_ray_commands"])
+    text = CLUSTER.read_text().lower()
+    assert "aws_access_key_id" not in text and "aws_secret" not in text
+    assert any("pip install" in c and "/home/ray/genre-sweep" in c for c in raw["setup_commands"])
+
+
+def test_every_check_passes_for_a_sound_setup(sweep_shards, tmp_path, capsys):
+    code = preflight_main(
+        [
+            "--cluster",
+            str(CLUSTER),
+            "--shards",
+            str(sweep_shards),
+            "--storage",
+            str(tmp_path / "s"),
+            "--gpus-per-trial",
+            "0.5",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "preflight passed" in out and "fits: gpu_worker" in out
+
+
+def test_each_failure_is_reported_with_its_reason(sweep_shards, tmp_path, s3_endpoint):
+    broken = tmp_path / "cluster.yaml"
+    raw = yaml.safe_load(CLUSTER.read_text())
+    raw["available_node_types"]["gpu_worker"]["min_wrkers"] = 0
+    broken.write_text(yaml.safe_dump(raw))
+    ast = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_length=1024,
+        num_mel_bins=128,
+    )
+    ASTForAudioClassification(ast).save_pretrained(tmp_path / "ast")
+    results = run_checks(
+        PreflightConfig(
+            shards=str(sweep_shards),
+            storage="s3://no-such-bucket/x",
+            cluster=str(broken),
+            pretrained=str(tmp_path / "ast"),
+            s3_endpoint=s3_endpoint,
+        )
+    )
+    verdicts = {name: (ok, detail) for name, ok, detail in results}
+    ok, detail = verdicts["cluster config matches Ray's schema"]
+    assert not ok and "available_node_types/gpu_worker" in detail and "min_wrkers" in detail
+    ok, detail = verdicts["storage writable"]
+    assert not ok and "no-such-bucket" in detail
+    ok, detail = verdicts["shards match the model"]
+    assert not ok and "--frames 1024" in detail
+
+
+def test_a_trial_no_node_type_can_hold_fails_preflight(sweep_shards, tmp_path):
+    results = run_checks(
+        PreflightConfig(shards=str(sweep_shards), storage=str(tmp_path), cluster=str(CLUSTER), gpus_per_trial=2)
+    )
+    ((name, ok, detail),) = [r for r in results if r[0].startswith("a node type")]
+    assert not ok and "none does" in detail
