@@ -90,7 +90,7 @@ def retrain_and_report(cfg: Any, results: Any) -> dict[str, Any]:
     values = {
         "shards": cfg.shards,
         "pretrained": cfg.pretrained,
-        "device": "cuda" if cfg.gpus_per_trial else "cpu",
+        "device": "auto",
         "s3_endpoint": cfg.s3_endpoint,
         "s3_region": cfg.s3_region,
         **space.fixed,

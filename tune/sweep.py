@@ -129,8 +129,12 @@ def run_trial(config: dict[str, Any], data: Any, base: dict[str, Any]) -> None:
             shutil.copytree(d, resume_dir)
         values["resume"] = str(resume_dir)
 
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran the trial: placement is visible in results
+
     def report(metrics: dict[str, Any], ckpt: Path) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+        tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
 
     train(resolve(TrainConfig, values), data, report=report)
 
@@ -210,7 +214,7 @@ def run_sweep(cfg: SweepConfig) -> Any:
         "shards": cfg.shards,
         "pretrained": cfg.pretrained,
         "seed": cfg.seed,
-        "device": "cuda" if cfg.gpus_per_trial > 0 else "cpu",
+        "device": "auto",  # each trial takes CUDA where its node has it
         "s3_endpoint": cfg.s3_endpoint,
         "s3_region": cfg.s3_region,
     }
