@@ -125,7 +125,16 @@ def _fingerprint(tracks: dict[str, dict], discovery_rejects: list[Rejection]) ->
 
 
 def init_ray(address: str | None) -> None:
+    """Connect to ``address``; without one, start a fresh local Ray, or join the job's cluster inside a Ray job.
+
+    Never an implicit "whatever ran last on this machine": a stale pointer to a stopped cluster makes
+    plain ``ray.init()`` hang or join the wrong cluster.
+    """
+    import os
+
     if not ray.is_initialized():
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            address = "local"
         ray.init(address=address, log_to_driver=True)
 
 
