@@ -73,6 +73,25 @@ def make_corpus(root: Path, per_genre: int = 2, seconds: float = 11.0, genres=No
     return root
 
 
+def save_small_pretrained(path: Path):
+    """A small ASTForAudioClassification (1024 frames x 128 bins) saved with save_pretrained, like a hub download."""
+    from transformers import ASTConfig, ASTForAudioClassification
+
+    model = ASTForAudioClassification(
+        ASTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_length=1024,
+            num_mel_bins=128,
+            num_labels=5,
+        )
+    )
+    model.save_pretrained(path)
+    return model
+
+
 def prepare_small(root: Path, genres: tuple[str, ...], per_genre: int, split: str) -> Path:
     """A generated corpus of 6 s clips prepared into 256-frame windows with one augmentation (real Ray)."""
     from data.config import resolve

@@ -22,7 +22,7 @@ from data.store import StoreOptions, filesystem, join, write_bytes  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-def trials_table(study: optuna.Study, epochs_run: dict[int, int]) -> list[dict[str, Any]]:
+def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: number, state, epochs run, value, params, intermediate values."""
     rows = []
     for t in study.trials:
@@ -30,7 +30,7 @@ def trials_table(study: optuna.Study, epochs_run: dict[int, int]) -> list[dict[s
             {
                 "number": t.number,
                 "state": t.state.name,
-                "epochs_run": epochs_run.get(t.number, len(t.intermediate_values)),
+                "epochs_run": len(t.intermediate_values),  # every epoch is reported, the last included
                 "value": t.value,
                 **{f"param_{k}": v for k, v in t.params.items()},
             }

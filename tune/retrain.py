@@ -122,14 +122,14 @@ def retrain_and_report(cfg: Any, results: Any) -> dict[str, Any]:
                 cfg.metric: float(best_row[cfg.metric]),
             },
         )
-        epochs_run, curves = {}, {}
+        curves = {}
         for r in results:
             df = r.metrics_dataframe
             if df is None or df.empty:
                 continue
             pruned = len(df) < r.config.get("num_train_epochs", len(df))
             curves[Path(r.path).name] = (df["training_iteration"].tolist(), df[cfg.metric].tolist(), pruned)
-        write_csv(trials_table(study, epochs_run), report / "trials.csv")
+        write_csv(trials_table(study), report / "trials.csv")
         files = ["best_config.json", "trials.csv", "retrain.json", "test_metrics.json", "confusion.png"]
         notes = []
         why_not = plot_importances(study, report / "importances.png")

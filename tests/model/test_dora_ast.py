@@ -1,8 +1,8 @@
 import pytest
 import torch
-from transformers import ASTConfig, ASTForAudioClassification
 
 from model.dora_ast import AdapterSettings, ModelError, _backbone_config, _load_backbone, build_model
+from tests.conftest import save_small_pretrained
 
 
 def _tiny(**kw):
@@ -43,17 +43,7 @@ def test_the_frozen_prefix_and_the_rest_compose_to_the_full_forward():
 
 
 def test_a_local_pretrained_folder_loads_offline_and_must_match_the_shards(tmp_path):
-    cfg = ASTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_length=1024,
-        num_mel_bins=128,
-        num_labels=5,
-    )
-    saved = ASTForAudioClassification(cfg)
-    saved.save_pretrained(tmp_path / "ast")
+    saved = save_small_pretrained(tmp_path / "ast")
     model = build_model(str(tmp_path / "ast"), 4, AdapterSettings(min_layer=1), frames=1024, mel_bins=128)
     torch.testing.assert_close(model.head_norm.weight, saved.classifier.layernorm.weight)
     torch.testing.assert_close(

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import yaml
-from transformers import ASTConfig, ASTForAudioClassification
 
+from tests.conftest import save_small_pretrained
 from tune.preflight import PreflightConfig, check_cluster_config, run_checks
 from tune.preflight import main as preflight_main
 
@@ -49,15 +49,7 @@ def test_each_failure_is_reported_with_its_reason(sweep_shards, tmp_path, s3_end
     raw = yaml.safe_load(CLUSTER.read_text())
     raw["available_node_types"]["gpu_worker"]["min_wrkers"] = 0
     broken.write_text(yaml.safe_dump(raw))
-    ast = ASTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_length=1024,
-        num_mel_bins=128,
-    )
-    ASTForAudioClassification(ast).save_pretrained(tmp_path / "ast")
+    save_small_pretrained(tmp_path / "ast")
     results = run_checks(
         PreflightConfig(
             shards=str(sweep_shards),
