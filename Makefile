@@ -30,8 +30,9 @@ demo: $(STAMP)
 		--space tune/spaces/demo.yaml --trials $(DEMO_TRIALS) --retrain-seeds 2
 	$(BIN)/genre-sweep predict $(DEMO_DIR)/corpus/jazz --model $(DEMO_DIR)/sweeps/demo/report/model \
 		--out $(DEMO_DIR)/predictions.csv
-	@echo "demo: report in $(DEMO_DIR)/sweeps/demo/report/summary.md; study: optuna-dashboard" \
-		"sqlite:///$$(pwd)/$(DEMO_DIR)/sweeps/demo/optuna.db; trials: tensorboard --logdir $(DEMO_DIR)/sweeps/demo"
+	@echo "demo: report in $(DEMO_DIR)/sweeps/demo/report/summary.md"
+	@echo "  study:  $(BIN)/optuna-dashboard sqlite:///$$(pwd)/$(DEMO_DIR)/sweeps/demo/optuna.db"
+	@echo "  trials: $(BIN)/tensorboard --logdir $(DEMO_DIR)/sweeps/demo"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -52,7 +52,12 @@ class ShardSink(Datasink[dict]):
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> dict:
         fs, root = filesystem(self.uri, self.options)
-        out: dict[str, list] = {"shards": [], "rejected": [], "tracks": []}
+        out: dict[str, list] = {
+            "shards": [],
+            "rejected": [],
+            "tracks": [],
+            "nodes": [ray.get_runtime_context().get_node_id()],
+        }
         for block in blocks:
             table = BlockAccessor.for_block(block).to_arrow()
             if table.num_rows == 0:
@@ -90,7 +95,7 @@ class ShardSink(Datasink[dict]):
         return out
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:
-        merged: dict[str, list] = {"shards": [], "rejected": [], "tracks": []}
+        merged: dict[str, list] = {"shards": [], "rejected": [], "tracks": [], "nodes": []}
         for part in write_result.write_returns:
             for k in merged:
                 merged[k].extend(part[k])
@@ -207,6 +212,7 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
             "rows_out": {s: sum(c["rows"] for c in counts[s].values()) for s in SPLITS},
             "tracks_out": {s: sum(c["tracks"] for c in counts[s].values()) for s in SPLITS},
             "rejected": len(rejected),
+            "nodes": len(set(written["nodes"])),  # the Ray nodes whose tasks wrote shards
             "wall_s": round(wall, 2),
             "tracks_per_s": round(len(items) / wall, 3),
             "source_audio_s": round(audio_seconds, 1),
@@ -229,7 +235,8 @@ def format_summary(manifest: dict[str, Any]) -> str:
     lines.append(
         f"tracks in: {s['tracks_in']}   rows out: "
         + ", ".join(f"{k} {v}" for k, v in s["rows_out"].items())
-        + f"   rejected: {s['rejected']}\nwall: {s['wall_s']:.1f} s   {s['tracks_per_s']:.2f} tracks/s   "
+        + f"   rejected: {s['rejected']}\nwall: {s['wall_s']:.1f} s on {s.get('nodes', 1)} node(s)   "
+        f"{s['tracks_per_s']:.2f} tracks/s   "
         f"{s['audio_s_per_s']:.1f} s of source audio per s"
     )
     for r in manifest["rejected"][:20]:

@@ -16,6 +16,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "sweep": ("tune.sweep", "Ray Tune + Optuna TPE + ASHA search, then best-config retrain and report"),
     "retrain": ("tune.retrain", "retrain, test and report a finished sweep's best configuration"),
     "preflight": ("tune.preflight", "check cluster config, trial resources, storage and shards before a run"),
+    "launch": ("tune.launch", "submit prepare -> sweep -> retrain as one Ray job to a `ray up` cluster"),
 }
 
 

@@ -1,21 +1,88 @@
 """A multi-node Ray cluster on this machine: GPU trials land only on the node that advertises a GPU."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(name: str, *args: str, timeout: float = 480) -> dict:
+    """Runs ``tests/cluster/<name>`` in its own process group and returns its last JSON line.
+
+    On a timeout the whole group is killed, Ray's raylets and GCS included, so that a stuck cluster
+    can't hold ports or CPUs for the tests after it.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name(name)), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{name} ran past {timeout:g} s; its stderr ends:\n{err[-3000:]}") from None
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
 
 def test_trials_land_only_on_nodes_with_the_requested_resources(sweep_shards, quick_space, tmp_path):
-    script = Path(__file__).with_name("multinode_sweep.py")
-    done = subprocess.run(
-        [sys.executable, str(script), str(sweep_shards), str(tmp_path / "sweeps"), str(quick_space)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    outcome = run_script("multinode_sweep.py", str(sweep_shards), str(tmp_path / "sweeps"), str(quick_space))
     assert outcome["cluster_nodes"] == 3 and outcome["trials"] == 3 and outcome["errors"] == 0
     assert outcome["trial_nodes"] == [outcome["gpu_node"]]
+
+
+def test_launch_submits_prepare_sweep_retrain_as_one_ray_job(tmp_path, quick_space):
+    from tests.conftest import make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", per_genre=4, seconds=6.0, genres=("blues", "metal"))
+    space = tmp_path / "space.yaml"
+    space.write_text(quick_space.read_text())
+    (tmp_path / "bucket").mkdir()
+    outcome = run_script(
+        "launch_job.py", str(ROOT / "cluster.yaml"), str(corpus), str(tmp_path / "bucket"), str(space), str(ROOT)
+    )
+    assert outcome["status"] == "SUCCEEDED", outcome["log_tail"]
+    assert "sweeps/job/report/summary.md" in outcome["report"]
+
+
+LONG_SPACE = """
+space:
+  learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+  batch_size: null
+  num_train_epochs: null
+fixed:
+  num_train_epochs: 40
+  batch_size: 8
+  gradient_accumulation_steps: 1
+"""
+
+
+def test_prepare_spreads_over_workers_and_a_sweep_survives_losing_one(tmp_path):
+    """Head without CPUs + two workers: prepare runs on both; a worker killed mid-sweep costs no trial."""
+    from tests.conftest import make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", per_genre=4, seconds=6.0, genres=("blues", "metal"))
+    space = tmp_path / "space.yaml"
+    space.write_text(LONG_SPACE)
+    outcome = run_script("lost_worker.py", str(corpus), str(tmp_path), str(space))
+    assert outcome["prepare_nodes"] == 2, outcome
+    assert outcome["rows"]["train"] > 0 and outcome["rows"]["val"] > 0
+    assert outcome["removed"] and outcome["alive_nodes"] == 2  # head + the surviving worker
+    trials = outcome["trials"]
+    assert len(trials) == 4 and not any(t["error"] for t in trials)
+    assert all(t["epochs"][-1] == 40 for t in trials)  # every trial ran to the end
+    moved = [t for t in trials if outcome["doomed"] in t["nodes"]]
+    assert moved, "no trial ran on the removed worker"
+    for t in moved:  # retried on the surviving worker, resuming from its checkpoint, not from epoch 1
+        assert t["nodes"][-1] != outcome["doomed"]
+        assert t["epochs"].count(1) == 1
+    assert outcome["study_states"] == ["COMPLETE"] * 4

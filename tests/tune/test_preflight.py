@@ -74,3 +74,32 @@ def test_a_trial_no_node_type_can_hold_fails_preflight(sweep_shards, tmp_path):
     )
     ((name, ok, detail),) = [r for r in results if r[0].startswith("a node type")]
     assert not ok and "none does" in detail
+
+
+def test_launch_without_a_reachable_dashboard_says_how_to_get_one(tmp_path, capsys):
+    from tune.launch import main as launch_main
+
+    code = launch_main(
+        [
+            "--cluster",
+            str(CLUSTER),
+            "--source",
+            str(tmp_path),
+            "--bucket",
+            str(tmp_path / "b"),
+            "--address",
+            "http://127.0.0.1:9",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Ray dashboard at http://127.0.0.1:9" in err and "ray dashboard" in err
+
+
+def test_launch_refuses_a_trial_no_node_type_can_hold(tmp_path, capsys):
+    from tune.launch import main as launch_main
+
+    code = launch_main(
+        ["--cluster", str(CLUSTER), "--source", str(tmp_path), "--bucket", str(tmp_path / "b"), "--gpus-per-trial", "4"]
+    )
+    assert code == 2 and "no node type" in capsys.readouterr().err

@@ -64,6 +64,30 @@ def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(sweep_sh
     assert len(retrained["per_seed"]) == 2 and 0 <= retrained["test_clip_acc_mean"] <= 1
     assert len((report / "trials.csv").read_text().splitlines()) == 7
     assert "test clip accuracy" in capsys.readouterr().out
+    assert_dashboards_can_read(storage / "s1", study)
+
+
+def assert_dashboards_can_read(sweep_dir, study) -> None:
+    """Where the README points them, TensorBoard finds every trial's epochs and optuna-dashboard the study."""
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna_dashboard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trial_dirs = sorted(p for p in sweep_dir.iterdir() if p.name.startswith("run_trial_"))
+    assert len(trial_dirs) == len(study.trials)
+    epochs_logged = []
+    for d in trial_dirs:
+        events = EventAccumulator(str(d))
+        events.Reload()
+        epochs_logged.append(len(events.Scalars("ray/tune/val_clip_acc")))
+    assert sorted(epochs_logged) == sorted(len(t.intermediate_values) for t in study.trials)
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = "/api/studies"
+    app = optuna_dashboard.wsgi(f"sqlite:///{sweep_dir / 'optuna.db'}")
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: None))
+    assert [s["study_name"] for s in json.loads(body)["study_summaries"]] == [sweep_dir.name]
 
 
 def test_a_trial_that_no_node_can_hold_fails_the_sweep_at_once(ray_local, sweep_shards, tmp_path):

@@ -1,0 +1,105 @@
+"""Prepare and sweep on a multi-node Ray cluster on this machine, losing a worker mid-sweep; run by test_multinode.
+
+The head holds no CPUs, so every prepare task and every trial runs on the two 2-CPU workers. Once a
+trial has reported from the second worker, that worker is removed (its processes killed, as when a
+spot instance goes away). Prints one JSON line with what happened.
+"""
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import ray
+from ray.cluster_utils import Cluster
+
+from data.config import resolve
+from data.pipeline import run_prepare
+from data.prepare import PrepareConfig
+from tune.sweep import SweepConfig, run_sweep
+
+corpus, work, space = sys.argv[1:4]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+cluster.add_node(num_cpus=2)
+doomed = cluster.add_node(num_cpus=2)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False)
+
+manifest = run_prepare(
+    resolve(
+        PrepareConfig,
+        {
+            "source": corpus,
+            "out": f"{work}/shards",
+            "genres": "blues,metal",
+            "frames": "256",
+            "effects": "echo",
+            "split": "0.5,0.25,0.25",
+            "tracks_per_task": "1",
+            "ray_address": cluster.address,
+        },
+    )
+)
+
+removed_at: list[float] = []
+
+
+def remove_worker_once_it_reports() -> None:
+    """Waits for a trial result from the doomed node, then kills that node."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for results in Path(work, "sweeps", "lost").glob("*/result.json"):
+            if doomed.node_id in results.read_text():
+                cluster.remove_node(doomed, allow_graceful=False)
+                removed_at.append(time.monotonic())
+                return
+        time.sleep(0.2)
+
+
+watcher = threading.Thread(target=remove_worker_once_it_reports, daemon=True)
+watcher.start()
+cfg = resolve(
+    SweepConfig,
+    {
+        "shards": f"{work}/shards",
+        "storage": f"{work}/sweeps",
+        "name": "lost",
+        "space": space,
+        "trials": "4",
+        "cpus_per_trial": "1",
+        "max_concurrent_trials": "4",
+        "grace_period": "40",
+        "retrain": "false",
+        "ray_address": cluster.address,
+    },
+)
+results = run_sweep(cfg)
+watcher.join(timeout=1)
+study = optuna.load_study(study_name="lost", storage=f"sqlite:///{work}/sweeps/lost/optuna.db")
+trials = []
+for r in results:
+    df = r.metrics_dataframe
+    trials.append(
+        {
+            "nodes": list(dict.fromkeys(df["node_id"])),
+            "epochs": [int(e) for e in df["training_iteration"]],
+            "error": r.error is not None,
+        }
+    )
+print(
+    json.dumps(
+        {
+            "prepare_nodes": manifest["summary"]["nodes"],
+            "rows": manifest["summary"]["rows_out"],
+            "removed": bool(removed_at),
+            "doomed": doomed.node_id,
+            "alive_nodes": sum(n["Alive"] for n in ray.nodes()),
+            "trials": trials,
+            "study_states": sorted(t.state.name for t in study.trials),
+        }
+    )
+)
+ray.shutdown()
+cluster.shutdown()
