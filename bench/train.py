@@ -1,19 +1,31 @@
-"""Benchmark of the trainer: training and inference examples/s through the real ``train()``.
+"""Side by side, in one run on one machine: the original recipe's training step, ours, ours with the cache.
 
-Random features of the right shape (no shards needed) go through the same ``train(config, data,
-report)`` that trials and retrains use; the last epoch's reported throughput is the figure (the
-first pays warm-up). FLOPs per example come from torch's FlopCounterMode on one training step; on a
-GPU the achieved TFLOP/s is compared with a measured bf16 matrix-multiply peak.
+(a) original: the published recipe's loop, HF-Trainer style: a DataLoader of feature batches, the full
+    forward through every layer under fp16 autocast with a GradScaler (fp32 on a CPU), per-step
+    host synchronisation (``loss.item()`` for the running loss), unfused AdamW, clipping.
+(b) ours:     the project's ``train()`` (bf16 autocast on a GPU, fused AdamW, no per-step sync).
+(c) cached:   the same ``train()`` starting from the frozen-prefix cache (the cache's one-off build time
+    is printed apart: a sweep pays it once for all its trials).
 
-    python bench/train.py                                   # tiny model on CPU
-    python bench/train.py --model base-random --examples 2048 --batch-size 16   # AST-base size, GPU
+Every path trains the same model and configuration (the original's best by default: batch 2 x
+accumulation 8, DoRA rank 2 alpha 4.25 on layers 10-11, head 200) on the same random features, and
+prints examples/s and the ratios; FLOPs per example come from torch's FlopCounterMode, and on a GPU
+the achieved TFLOP/s is compared with a measured bf16 matmul peak. ``--sweep-trials N`` also runs a
+real N-trial sweep (Ray Tune, ASHA, the cache) on a generated corpus, and prints its wall time and the
+per-trial overhead (trial start to first optimizer step).
+
+    python bench/train.py                                            # tiny model, CPU
+    python bench/train.py --model base-random --examples 512         # AST-base size, GPU
+    python bench/train.py --model base-random --sweep-trials 35 --gpus-per-trial 0.25
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,9 +33,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from data.config import resolve
-from model.data import SplitArrays, TrainData
-from model.dora_ast import AdapterSettings, build_model
-from model.train import TrainConfig, autocast, predict_logits, resolve_device, train
+from model.data import SplitArrays, TrainData, as_tensor
+from model.dora_ast import AdapterSettings, GenreClassifier, build_model
+from model.prefix_cache import build_cache
+from model.train import TrainConfig, autocast, param_groups, resolve_device, train
 
 
 def synthetic_data(n: int, frames: int, mel_bins: int, classes: int = 10) -> TrainData:
@@ -38,7 +51,7 @@ def synthetic_data(n: int, frames: int, mel_bins: int, classes: int = 10) -> Tra
         )
 
     return TrainData(
-        {"train": split(n), "val": split(max(n // 4, 1))},
+        {"train": split(n), "val": split(max(n // 8, 1))},
         tuple(f"g{i}" for i in range(classes)),
         frames,
         mel_bins,
@@ -46,18 +59,81 @@ def synthetic_data(n: int, frames: int, mel_bins: int, classes: int = 10) -> Tra
     )
 
 
-def flops_per_example(args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
-    """(training, inference) FLOPs per example, counted on one step of the real model."""
-    model = build_model(args.model, 10, AdapterSettings(min_layer=args.min_layer), args.frames, 128).to(device)
-    x = torch.randn(2, args.frames, 128, device=device)
-    with FlopCounterMode(display=False) as counter:
-        with autocast(device):
-            F.cross_entropy(model(x).float(), torch.zeros(2, dtype=torch.long, device=device)).backward()
-    train_flops = counter.get_total_flops() / 2
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad(), autocast(device):
-        model(x)
-    return train_flops, counter.get_total_flops() / 2
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def original_recipe(model: GenreClassifier, data: TrainData, args: argparse.Namespace, device: torch.device) -> float:
+    """(a) examples/s of the original's step: full forward, fp16 autocast + GradScaler, HF-Trainer-style loop."""
+    split = data.split("train")
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(as_tensor(split.features), torch.from_numpy(split.labels)),
+        batch_size=args.batch_size,
+        shuffle=True,
+    )
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0676), lr=1.32e-4, foreach=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def epoch() -> int:
+        seen, running = 0, 0.0
+        for i, (x, y) in enumerate(loader):
+            x, y = x.to(device).float(), y.to(device)
+            with amp:
+                loss = F.cross_entropy(model(x).float(), y)
+            scaler.scale(loss / args.accumulation).backward()
+            running += loss.item()  # the Trainer's logging reads the loss back every step
+            seen += len(y)
+            if (i + 1) % args.accumulation == 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad()
+        return seen
+
+    epoch()  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    seen = epoch()
+    sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+def ours(data: TrainData, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
+    """(b)/(c) the last epoch's examples/s of the real ``train()``, and its first_step_s."""
+    with tempfile.TemporaryDirectory() as out:
+        cfg = resolve(
+            TrainConfig,
+            {
+                "shards": "synthetic",
+                "out": out,
+                "pretrained": args.model,
+                "batch_size": args.batch_size,
+                "gradient_accumulation_steps": args.accumulation,
+                "num_train_epochs": args.epochs,
+                "encoder_min_layer_to_update": args.min_layer,
+                "device": str(device),
+            },
+        )
+        history = train(cfg, data).history
+    return history[-1]["train_examples_per_s"], history[0]["first_step_s"]
+
+
+def flops_per_example(model: GenreClassifier, data: TrainData, device: torch.device, start: int | None) -> float:
+    """Training FLOPs per example of one step from features (``start`` None) or from the cached states."""
+    x = torch.randn(2, data.frames, data.mel_bins, device=device)
+    if start is not None:
+        with torch.no_grad():
+            x = model.prefix(x, start)
+    with FlopCounterMode(display=False) as counter, autocast(device):
+        logits = model(x) if start is None else model.forward_from(x, start)
+        F.cross_entropy(logits.float(), torch.zeros(2, dtype=torch.long, device=device)).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
 
 
 def bf16_peak_tflops(device: torch.device) -> float:
@@ -74,68 +150,120 @@ def bf16_peak_tflops(device: torch.device) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
+def sweep_figures(args: argparse.Namespace) -> None:
+    """A real sweep of ``--sweep-trials`` on a generated corpus: wall time and per-trial overhead."""
+    from data.pipeline import run_prepare
+    from data.prepare import PrepareConfig
+    from data.synth import SynthConfig, generate
+    from tune.sweep import SweepConfig, run_sweep
+
+    work = Path(args.work)
+    corpus, shards = work / "sweep-corpus", work / "sweep-shards"
+    seconds = args.frames / 100 + 0.5  # one window per clip
+    generate(SynthConfig(out=str(corpus), per_genre=args.sweep_clips, seconds=seconds, overwrite=True))
+    run_prepare(
+        resolve(
+            PrepareConfig,
+            {"source": str(corpus), "out": str(shards), "frames": args.frames, "overwrite": True},
+        )
+    )
+    cfg = resolve(
+        SweepConfig,
+        {
+            "shards": str(shards),
+            "storage": str(work / "sweeps"),
+            "name": f"bench-{time.strftime('%H%M%S')}",
+            "pretrained": args.model,
+            "space": args.sweep_space,
+            "trials": args.sweep_trials,
+            "gpus_per_trial": args.gpus_per_trial,
+            "cpus_per_trial": args.cpus_per_trial,
+            "retrain": False,
+        },
+    )
+    start = time.perf_counter()
+    results = run_sweep(cfg)
+    wall = time.perf_counter() - start
+    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None]
+    overhead = [df["first_step_s"].dropna().iloc[0] for df in frames]
+    epochs = sum(len(df) for df in frames)
+    print(
+        f"sweep: {len(results)} trials ({epochs} epochs in all) in {wall:.1f} s = {wall / 60:.1f} min, "
+        f"{args.gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per trial; per-trial overhead (trial start to "
+        f"first optimizer step): median {statistics.median(overhead):.2f} s, max {max(overhead):.2f} s"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="named config (tiny, base-random) or a pretrained folder")
     p.add_argument("--frames", type=int, default=1024)
-    p.add_argument("--examples", type=int, default=256, help="training windows per epoch")
-    p.add_argument("--epochs", type=int, default=2, help="the last epoch's throughput is reported")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--examples", type=int, default=128, help="training windows per epoch")
+    p.add_argument("--epochs", type=int, default=2, help="ours: the last epoch's throughput is reported")
+    p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--accumulation", type=int, default=8)
     p.add_argument("--min-layer", type=int, default=10)
     p.add_argument("--device", default="auto")
+    p.add_argument("--sweep-trials", type=int, default=0, help="also run a real sweep of N trials (0: no)")
+    p.add_argument("--sweep-space", default=None, help="search space YAML of that sweep (default: method.md's)")
+    p.add_argument("--sweep-clips", type=int, default=20, help="generated clips per genre for that sweep")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--work", default="bench-run/train", help="folder for the sweep's corpus, shards and trials")
     args = p.parse_args()
     device = resolve_device(args.device)
     data = synthetic_data(args.examples, args.frames, 128)
-    reports = []
-    with tempfile.TemporaryDirectory() as out:
-        cfg = resolve(
-            TrainConfig,
-            {
-                "shards": "synthetic",
-                "out": out,
-                "pretrained": args.model,
-                "batch_size": args.batch_size,
-                "gradient_accumulation_steps": args.accumulation,
-                "num_train_epochs": args.epochs,
-                "encoder_min_layer_to_update": args.min_layer,
-                "device": str(device),
-                "eval_batch_size": 64,
-            },
+    model = build_model(args.model, 10, AdapterSettings(min_layer=args.min_layer), args.frames, 128).to(device)
+    name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(
+        f"device: {device}{name}   model: {args.model}, {total / 1e6:.2f} M parameters, {trainable / 1e3:.1f} k "
+        f"trainable (layers >= {args.min_layer}), {args.frames} frames   batch {args.batch_size} x accumulation "
+        f"{args.accumulation}, {args.examples} examples per epoch"
+    )
+    full_flops = flops_per_example(model, data, device, None)
+    cached_flops = flops_per_example(model, data, device, args.min_layer)
+
+    original = original_recipe(model, data, args, device)
+    del model
+    plain, plain_first = ours(data, args, device)
+    began = time.perf_counter()
+    cache = build_cache(
+        build_model(args.model, 10, AdapterSettings(min_layer=args.min_layer), args.frames, 128),
+        data,
+        args.min_layer,
+        device,
+    )
+    build_s = time.perf_counter() - began
+    cached, cached_first = ours(data.with_prefix(cache), args, device)
+
+    peak = bf16_peak_tflops(device) if device.type == "cuda" else None
+    rows = [
+        ("(a) original recipe", original, full_flops, None),
+        ("(b) ours, no cache", plain, full_flops, plain_first),
+        ("(c) ours, cached", cached, cached_flops, cached_first),
+    ]
+    for label, eps, flops, first in rows:
+        tflops = eps * flops / 1e12
+        line = (
+            f"{label:<22} {eps:9.1f} examples/s   x{eps / original:6.2f} vs (a)   "
+            f"{flops / 1e9:7.2f} GFLOP/example -> {tflops:8.3f} TFLOP/s"
         )
-        result = train(cfg, data, report=lambda m, _: reports.append(m))
-    train_eps = reports[-1]["train_examples_per_s"]
-    val = data.split("val")
-    predict_logits(result.model, val, 64, device)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    predict_logits(result.model, val, 64, device)
-    infer_eps = len(val) / (time.perf_counter() - start)
-    train_flops, infer_flops = flops_per_example(args, device)
-    trainable = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in result.model.parameters())
+        if peak:
+            line += f" ({100 * tflops / peak:.1f} % of peak)"
+        if first is not None:
+            line += f"   first step after {first:.2f} s"
+        print(line)
     print(
-        f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}   "
-        f"model: {args.model}, {total / 1e6:.2f} M parameters, {trainable / 1e3:.1f} k trainable (layers >= "
-        f"{args.min_layer}), {args.frames} frames"
+        f"cached / uncached: x{cached / plain:.2f}   cache build: {build_s:.1f} s for {len(data.split('train'))} + "
+        f"{len(data.split('val'))} windows, {cache.nbytes / 1e6:.1f} MB bf16 "
+        f"({cache.nbytes / (len(data.split('train')) + len(data.split('val'))) / 1e6:.2f} MB per window)"
     )
-    print(
-        f"training: {train_eps:.1f} examples/s (batch {args.batch_size} x accumulation {args.accumulation}, "
-        f"epoch {len(reports)} of {args.epochs}, {args.examples} examples)   "
-        f"{train_flops / 1e9:.2f} GFLOP/example -> {train_eps * train_flops / 1e12:.3f} TFLOP/s"
-    )
-    print(
-        f"inference: {infer_eps:.1f} examples/s (batch 64)   {infer_flops / 1e9:.2f} GFLOP/example -> "
-        f"{infer_eps * infer_flops / 1e12:.3f} TFLOP/s"
-    )
-    if device.type == "cuda":
-        peak = bf16_peak_tflops(device)
-        print(
-            f"measured bf16 matmul peak: {peak:.0f} TFLOP/s -> training at "
-            f"{100 * train_eps * train_flops / 1e12 / peak:.1f} %, inference at "
-            f"{100 * infer_eps * infer_flops / 1e12 / peak:.1f} % of it"
-        )
+    if peak:
+        print(f"measured bf16 matmul peak: {peak:.0f} TFLOP/s")
+    if args.sweep_trials:
+        sweep_figures(args)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ that node maps; nothing is decoded or featurised during training.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +39,11 @@ class TrainData:
     genres: tuple[str, ...]
     frames: int
     mel_bins: int
-    fingerprint: str  # of the sources: part of any cache key derived from these features
+    fingerprint: str  # of the dataset (manifest minus timings): part of any cache key derived from these features
+    prefix: Any = None  # a model.prefix_cache.PrefixCache of these splits, once built
+
+    def with_prefix(self, cache: Any) -> TrainData:
+        return dataclasses.replace(self, prefix=cache)
 
     def split(self, name: str) -> SplitArrays:
         if name not in self.splits or len(self.splits[name]) == 0:
@@ -68,7 +75,13 @@ def load_data(uri: str, options: StoreOptions = StoreOptions(), splits=("train",
     ds = open_dataset(uri, options)
     loaded = {s: _split_arrays(ds, s) for s in splits}
     log.info("loaded %s from %s", ", ".join(f"{s}: {len(a)} windows" for s, a in loaded.items()), uri)
-    return TrainData(loaded, tuple(ds.genres), ds.frames, ds.mel_bins, ds.manifest["sources"]["fingerprint"])
+    return TrainData(loaded, tuple(ds.genres), ds.frames, ds.mel_bins, dataset_fingerprint(ds.manifest))
+
+
+def dataset_fingerprint(manifest: dict[str, Any]) -> str:
+    """sha256 of what fixes a dataset's rows: its config, sources, features and shards (not its timings)."""
+    fixed = {k: manifest[k] for k in ("config", "sources", "features", "shards", "genres") if k in manifest}
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:

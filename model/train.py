@@ -117,17 +117,38 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+def logits_from(model: GenreClassifier, x: torch.Tensor, start: int | None) -> torch.Tensor:
+    """Logits from features (``start`` None) or from cached hidden states entering layer ``start``."""
+    return model(x) if start is None else model.forward_from(x, start)
+
+
+def split_inputs(data: TrainData, name: str) -> tuple[torch.Tensor, int | None]:
+    """What a forward over split ``name`` starts from: cached prefix states if ``data`` has them, else features."""
+    if data.prefix is not None:
+        return data.prefix.split(name), data.prefix.start
+    return as_tensor(data.split(name).features), None
+
+
 @torch.no_grad()
-def predict_logits(model: GenreClassifier, split: SplitArrays, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits (N, C) float32 on CPU for every window of ``split``, the model in eval mode."""
+def predict_logits(
+    model: GenreClassifier,
+    split: SplitArrays,
+    batch_size: int,
+    device: torch.device,
+    inputs: tuple[torch.Tensor, int | None] | None = None,
+) -> torch.Tensor:
+    """Logits (N, C) float32 on CPU for every window of ``split``, the model in eval mode.
+
+    ``inputs`` (from ``split_inputs``) may replace the split's features with its cached prefix states.
+    """
     was_training = model.training
     model.eval()
-    feats = as_tensor(split.features)
+    xs, start = inputs if inputs is not None else (as_tensor(split.features), None)
     out = []
     for i in range(0, len(split), batch_size):
-        x = feats[i : i + batch_size].to(device, non_blocking=True).float()
+        x = xs[i : i + batch_size].to(device, non_blocking=True).float()
         with autocast(device):
-            out.append(model(x).float())
+            out.append(logits_from(model, x, start).float())
     model.train(was_training)
     return torch.cat(out).cpu() if out else torch.zeros(0)
 
@@ -158,8 +179,16 @@ def _better(new: dict[str, float], old: dict[str, float] | None) -> bool:
     return (new["val_clip_acc"], -new["val_loss"]) > (old["val_clip_acc"], -old["val_loss"])
 
 
-def train(config: TrainConfig, data: TrainData, report: Report | None = None) -> TrainResult:
-    """Train one configuration on ``data``; returns the model with its best epoch's weights."""
+def train(
+    config: TrainConfig, data: TrainData, report: Report | None = None, started: float | None = None
+) -> TrainResult:
+    """Train one configuration on ``data``; returns the model with its best epoch's weights.
+
+    With ``data.prefix`` (a frozen-prefix cache whose key matches this model and data) every forward
+    starts from the cached states. ``started`` (a ``time.perf_counter()`` value, default now) is when
+    the caller began: epoch 1 reports ``first_step_s``, the time from it to the first optimizer step.
+    """
+    started = time.perf_counter() if started is None else started
     run_dir = Path(config.out)
     if not config.resume and any((run_dir / "checkpoints").glob("epoch-*")):
         raise CheckpointError(f"{run_dir} already holds a run's checkpoints: pass --resume auto, or another --out")
@@ -171,6 +200,10 @@ def train(config: TrainConfig, data: TrainData, report: Report | None = None) ->
     model = build_model(
         config.pretrained, len(data.genres), config.adapters, data.frames, data.mel_bins, seed=config.seed
     ).to(device)
+    if data.prefix is not None:
+        from model.prefix_cache import check_cache
+
+        check_cache(data.prefix, model, data)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(
         param_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=fused
@@ -194,7 +227,9 @@ def train(config: TrainConfig, data: TrainData, report: Report | None = None) ->
     # metrics.jsonl holds exactly the epochs in ``history``: rewrite it from there
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
 
-    feats, labels = as_tensor(train_split.features), torch.from_numpy(train_split.labels)
+    (xs, start_layer), labels = split_inputs(data, "train"), torch.from_numpy(train_split.labels)
+    val_inputs = split_inputs(data, "val")
+    first_step_s: float | None = None
     trainable = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(first_epoch, config.num_train_epochs + 1):
         start = time.perf_counter()
@@ -206,10 +241,10 @@ def train(config: TrainConfig, data: TrainData, report: Report | None = None) ->
         loss_sum = torch.zeros((), device=device)
         for i, first in enumerate(range(0, len(order), config.batch_size)):
             idx = order[first : first + config.batch_size]
-            x = feats[idx].to(device, non_blocking=True).float()  # (B, frames, mel)
+            x = xs[idx].to(device, non_blocking=True).float()  # (B, frames, mel), or (B, tokens, hidden) cached
             y = labels[idx].to(device, non_blocking=True)
             with autocast(device):
-                loss = F.cross_entropy(model(x).float(), y)
+                loss = F.cross_entropy(logits_from(model, x, start_layer).float(), y)
             (loss / config.gradient_accumulation_steps).backward()
             loss_sum += loss.detach() * len(idx)
             if (i + 1) % config.gradient_accumulation_steps == 0 or i + 1 == micro_batches:
@@ -217,15 +252,24 @@ def train(config: TrainConfig, data: TrainData, report: Report | None = None) ->
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if first_step_s is None:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)  # once per run: the time of a finished step
+                    first_step_s = time.perf_counter() - started
         train_s = time.perf_counter() - start
         metrics = {
             "epoch": epoch,
             "train_loss": loss_sum.item() / len(train_split),
-            **validation_metrics(predict_logits(model, val_split, config.eval_batch_size, device), val_split),
+            **validation_metrics(
+                predict_logits(model, val_split, config.eval_batch_size, device, val_inputs), val_split
+            ),
             "lr": scheduler.get_last_lr()[0],
             "train_examples_per_s": len(train_split) / train_s,
             "epoch_s": time.perf_counter() - start,
+            "prefix_cache": start_layer is not None,
         }
+        if first_step_s is not None and epoch == first_epoch:
+            metrics["first_step_s"] = first_step_s
         history.append(metrics)
         if _better(metrics, best):
             best = metrics

@@ -67,9 +67,30 @@ def retrain(values: dict[str, Any], data: TrainData, seeds: list[int], work: Pat
     }
 
 
+def retrain_on_a_trial_node(values: dict[str, Any], data: TrainData, seeds: list[int], use_cache: bool) -> dict:
+    """Ray task (a trial's resources, so a GPU node on a cluster): ``retrain`` in a scratch folder there.
+
+    With ``use_cache`` the frozen layers below the configuration's lowest adapter run once for all seeds.
+    """
+    if use_cache:
+        from model.dora_ast import AdapterSettings, build_model
+        from model.prefix_cache import build_cache
+
+        start = int(values.get("encoder_min_layer_to_update", TrainConfig.encoder_min_layer_to_update))
+        model = build_model(
+            values["pretrained"], len(data.genres), AdapterSettings(min_layer=start), data.frames, data.mel_bins
+        )
+        data = data.with_prefix(build_cache(model, data, start, resolve_device("auto")))
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = retrain(values, data, seeds, Path(tmp))
+    outcome["chosen"]["model"] = outcome["chosen"]["model"].cpu()
+    return outcome
+
+
 def retrain_and_report(cfg: Any, results: Any) -> dict[str, Any]:
     """After a sweep: retrain the best configuration, then write the report into ``<storage>/<name>/report``."""
     import optuna
+    import ray
 
     from tune.report import (
         plot_history,
@@ -100,9 +121,11 @@ def retrain_and_report(cfg: Any, results: Any) -> dict[str, Any]:
     study = optuna.load_study(study_name=cfg.name, storage=cfg.study_url())
 
     with tempfile.TemporaryDirectory() as tmp:
-        work, report = Path(tmp) / "retrain", Path(tmp) / "report"
+        report = Path(tmp) / "report"
         report.mkdir()
-        outcome = retrain(values, data, [cfg.seed + i for i in range(cfg.retrain_seeds)], work)
+        task = ray.remote(retrain_on_a_trial_node).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
+        seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
+        outcome = ray.get(task.remote(values, data, seeds, cfg.prefix_cache))
         chosen = outcome.pop("chosen")
         export_model(chosen["model"], report / "model", data.genres, data.frames, data.mel_bins)
         plot_confusion(

@@ -40,11 +40,19 @@ class SearchSpace:
     def distributions(self) -> dict[str, od.BaseDistribution]:
         return {name: _distribution(name, spec) for name, spec in self.params.items()}
 
-    def max_epochs(self) -> int:
-        spec = self.params.get("num_train_epochs")
+    def extreme(self, name: str, pick: Any = max) -> Any:
+        """The largest (or, with ``pick=min``, smallest) value ``name`` can take in a trial."""
+        spec = self.params.get(name)
         if spec is None:
-            return int(self.fixed.get("num_train_epochs", TrainConfig.__dataclass_fields__["num_train_epochs"].default))
-        return int(max(spec["choices"]) if spec["type"] == "categorical" else spec["high"])
+            return self.fixed.get(name, TrainConfig.__dataclass_fields__[name].default)
+        return pick(spec["choices"]) if spec["type"] == "categorical" else spec["high" if pick is max else "low"]
+
+    def max_epochs(self) -> int:
+        return int(self.extreme("num_train_epochs"))
+
+    def lowest_adapted_layer(self) -> int:
+        """Where a frozen-prefix cache must end: below every trial's lowest DoRA layer."""
+        return int(self.extreme("encoder_min_layer_to_update", min))
 
 
 def _distribution(name: str, spec: dict[str, Any]) -> od.BaseDistribution:

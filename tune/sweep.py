@@ -48,6 +48,9 @@ class SweepConfig:
     seed: int = _f(0, "seed of TPE and of the trials")
     study_storage: str | None = _f(None, "SQLAlchemy URL of the Optuna study (default: SQLite beside the results)")
     max_failures: int = _f(2, "retries of a crashed trial")
+    prefix_cache: bool = _f(
+        True, "compute the frozen layers' output once (below the space's lowest adapter) and start every trial there"
+    )
     resume: bool = _f(False, "finish an interrupted sweep of the same name")
     retrain: bool = _f(True, "retrain the best configuration, test it and write the report at the end")
     retrain_seeds: int = _f(3, "seeds of the best-config retrain")
@@ -114,7 +117,9 @@ def run_trial(config: dict[str, Any], data: Any, base: dict[str, Any]) -> None:
     """One Tune trial: ``train()`` with this configuration, reporting each epoch with its checkpoint."""
     import os
     import tempfile
+    import time
 
+    started = time.perf_counter()  # per-trial overhead: from here to the first optimizer step (first_step_s)
     from ray import tune
 
     from data.config import resolve
@@ -136,7 +141,7 @@ def run_trial(config: dict[str, Any], data: Any, base: dict[str, Any]) -> None:
     def report(metrics: dict[str, Any], ckpt: Path) -> None:
         tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
 
-    train(resolve(TrainConfig, values), data, report=report)
+    train(resolve(TrainConfig, values), data, report=report, started=started)
 
 
 def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]):
@@ -202,6 +207,50 @@ def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]):
     return tuner, scheduler
 
 
+def _with_prefix_cache(data: Any, pretrained: str, start: int) -> tuple[Any, dict[str, Any]]:
+    """Ray task: (``data`` plus the states entering layer ``start`` under ``pretrained``'s frozen weights, facts)."""
+    import ray
+
+    from model.dora_ast import AdapterSettings, build_model
+    from model.prefix_cache import build_cache
+    from model.train import resolve_device
+
+    device = resolve_device("auto")
+    model = build_model(pretrained, len(data.genres), AdapterSettings(min_layer=start), data.frames, data.mel_bins)
+    cache = build_cache(model, data, start, device)
+    facts = {"gb": cache.nbytes / 1e9, "device": str(device), "node_id": ray.get_runtime_context().get_node_id()}
+    return data.with_prefix(cache), facts
+
+
+def cached_data(cfg: SweepConfig, data_ref: Any) -> Any:
+    """An ObjectRef to the data with its frozen-prefix cache, built once by a task with one trial's resources.
+
+    Only the task's small second result comes to the driver (and raises here, before any trial, if
+    the model can't be built); the states stay in the object store for the trials.
+    """
+    import time
+
+    import ray
+
+    from tune.space import load_space
+
+    start = load_space(cfg.space).lowest_adapted_layer()
+    began = time.perf_counter()
+    task = ray.remote(_with_prefix_cache).options(
+        num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial, num_returns=2
+    )
+    data_with_cache, facts = task.remote(data_ref, cfg.pretrained, start)
+    facts = ray.get(facts)
+    log.info(
+        "frozen-prefix cache: states entering layer %d, %.2f GB bf16, built on %s in %.1f s",
+        start,
+        facts["gb"],
+        facts["device"],
+        time.perf_counter() - began,
+    )
+    return data_with_cache
+
+
 def run_sweep(cfg: SweepConfig) -> Any:
     """Run (or resume) the sweep; returns Tune's ResultGrid."""
     from data.pipeline import init_ray
@@ -218,7 +267,10 @@ def run_sweep(cfg: SweepConfig) -> Any:
         "s3_endpoint": cfg.s3_endpoint,
         "s3_region": cfg.s3_region,
     }
-    tuner, _ = build_tuner(cfg, share(data), base)
+    data_ref = share(data)
+    if cfg.prefix_cache:
+        data_ref = cached_data(cfg, data_ref)
+    tuner, _ = build_tuner(cfg, data_ref, base)
     log.info(
         "sweep %s: %d trials, study %s; watch with `optuna-dashboard %s`",
         cfg.root,

@@ -42,3 +42,15 @@ def test_bad_space_files_are_named_with_the_problem(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_space(str(path))
+
+
+def test_the_prefix_cache_ends_below_every_trial_s_lowest_adapter(tmp_path):
+    assert load_space(None).lowest_adapted_layer() == 10  # method.md: layers 10 to 11
+    assert load_space(None).max_epochs() == 20
+    path = tmp_path / "s.yaml"
+    path.write_text("space:\n  encoder_min_layer_to_update: {type: categorical, choices: [11, 8, 9]}\n")
+    assert load_space(str(path)).lowest_adapted_layer() == 8
+    path.write_text("space:\n  encoder_min_layer_to_update: null\nfixed:\n  encoder_min_layer_to_update: 7\n")
+    assert load_space(str(path)).lowest_adapted_layer() == 7
+    path.write_text("space:\n  encoder_min_layer_to_update: null\n")  # neither: the trainer's default
+    assert load_space(str(path)).lowest_adapted_layer() == 10

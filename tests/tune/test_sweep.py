@@ -65,6 +65,9 @@ def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(sweep_sh
     assert len((report / "trials.csv").read_text().splitlines()) == 7
     assert "test clip accuracy" in capsys.readouterr().out
     assert_dashboards_can_read(storage / "s1", study)
+    for result in (storage / "s1").glob("run_trial_*/result.json"):  # trials started from the frozen-prefix cache
+        first = json.loads(result.read_text().splitlines()[0])
+        assert first["prefix_cache"] is True and first["first_step_s"] > 0
 
 
 def assert_dashboards_can_read(sweep_dir, study) -> None:

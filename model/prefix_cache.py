@@ -1,0 +1,123 @@
+"""The frozen-prefix cache: hidden states entering the lowest adaptable layer, computed once, shared by trials.
+
+Every weight below the lowest DoRA adapter is frozen and AST has no dropout, so the hidden states that
+enter layer ``start`` are a pure function of (frozen weights, features). They are computed once per
+(dataset, checkpoint, frames, start), kept in bf16 (as raw uint16 bits in numpy, so that Ray's object
+store shares them zero-copy between trials), and each step's forward then starts at layer ``start``.
+
+The key hashes the features' dataset identity and the exact prefix weights, so states from another
+checkpoint or dataset are refused, never silently reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+
+import numpy as np
+import torch
+
+from model.data import SplitArrays, TrainData, as_tensor
+from model.dora_ast import GenreClassifier
+
+log = logging.getLogger(__name__)
+
+
+class CacheMismatch(ValueError):
+    """The cache was built from other weights, another dataset, or for a higher layer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixCache:
+    start: int  # hidden states enter encoder layer ``start``
+    key: str
+    states: dict[str, np.ndarray]  # split -> (N, tokens, hidden) uint16: bf16 bits
+
+    def split(self, name: str) -> torch.Tensor:
+        """A zero-copy bf16 tensor view of one split's states."""
+        return as_tensor(self.states[name]).view(torch.bfloat16)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.states.values())
+
+
+def prefix_weights_digest(model: GenreClassifier, start: int) -> str:
+    """blake2b of every tensor the prefix up to layer ``start`` uses (embeddings and layers below it)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{type(model.backbone).__name__}:{start}".encode())
+    parts = [("embeddings", model.backbone.embeddings)] + [
+        (f"layers.{i}", layer) for i, layer in enumerate(model.backbone.layers[:start])
+    ]
+    for prefix, module in parts:
+        for name, t in sorted(module.state_dict().items()):
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(model: GenreClassifier, data: TrainData, start: int) -> str:
+    """What the states depend on: the dataset's identity, its window shape, and the prefix weights."""
+    ident = f"{data.fingerprint}|{data.frames}x{data.mel_bins}|{sorted(data.splits)}|{start}"
+    return hashlib.sha256(f"{ident}|{prefix_weights_digest(model, start)}".encode()).hexdigest()
+
+
+def _autocast(device: torch.device):
+    from model.train import autocast
+
+    return autocast(device)
+
+
+@torch.no_grad()
+def compute_states(model: GenreClassifier, split: SplitArrays, start: int, batch_size: int, device: torch.device):
+    """(N, tokens, hidden) bf16 bits (uint16) of the states entering layer ``start`` for every window."""
+    model.eval()
+    feats = as_tensor(split.features)
+    out: np.ndarray | None = None
+    for i in range(0, len(split), batch_size):
+        x = feats[i : i + batch_size].to(device, non_blocking=True).float()
+        with _autocast(device):
+            h = model.prefix(x, start)
+        bits = h.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+        if out is None:
+            out = np.empty((len(split), *bits.shape[1:]), np.uint16)
+        out[i : i + len(bits)] = bits
+    if out is None:
+        raise CacheMismatch("cannot cache an empty split")
+    return out
+
+
+def build_cache(model: GenreClassifier, data: TrainData, start: int, device: torch.device, batch_size: int = 32):
+    """States entering layer ``start`` for every loaded split of ``data``, with their key."""
+    if not 0 <= start <= model.adapters.min_layer:
+        raise CacheMismatch(f"cache start {start} must be in [0, {model.adapters.min_layer}] (the lowest adapter)")
+    began = time.perf_counter()
+    model = model.to(device)
+    states = {name: compute_states(model, split, start, batch_size, device) for name, split in data.splits.items()}
+    cache = PrefixCache(start, cache_key(model, data, start), states)
+    n = sum(len(s) for s in data.splits.values())
+    log.info(
+        "prefix cache: %d windows entering layer %d, %.2f GB bf16, built in %.1f s on %s",
+        n,
+        start,
+        cache.nbytes / 1e9,
+        time.perf_counter() - began,
+        device,
+    )
+    return cache
+
+
+def check_cache(cache: PrefixCache, model: GenreClassifier, data: TrainData) -> None:
+    """Refuse a cache that isn't exactly this dataset's states under this model's frozen prefix."""
+    if cache.start > model.adapters.min_layer:
+        raise CacheMismatch(
+            f"the cache holds states entering layer {cache.start}, above this model's lowest adapter "
+            f"{model.adapters.min_layer}"
+        )
+    if cache.key != cache_key(model, data, cache.start):
+        raise CacheMismatch(
+            "the prefix cache was built from other weights or another dataset (its key differs); rebuild it"
+        )

@@ -1,0 +1,64 @@
+"""The frozen-prefix cache: same logits and validation accuracy as the full forward, and a key that refuses reuse."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from model.dora_ast import AdapterSettings, build_model
+from model.prefix_cache import CacheMismatch, build_cache, check_cache
+from model.train import predict_logits, split_inputs, train
+from tests.model.conftest import quick_config
+
+CPU = torch.device("cpu")
+
+
+def tiny(data, min_layer=10, seed=0):
+    return build_model("tiny", len(data.genres), AdapterSettings(min_layer=min_layer), data.frames, data.mel_bins, seed)
+
+
+def test_cached_logits_match_the_full_forward_within_bf16(small_data):
+    model = tiny(small_data, min_layer=11)
+    with torch.no_grad():  # move the adapters and head away from their identity initialisation
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    cached = small_data.with_prefix(build_cache(model, small_data, start=10, device=CPU))
+    val = small_data.split("val")
+    full = predict_logits(model, val, 64, CPU)
+    from_cache = predict_logits(model, val, 64, CPU, split_inputs(cached, "val"))
+    assert cached.prefix.split("val").dtype == torch.bfloat16
+    assert cached.prefix.split("val").shape[0] == len(val)
+    torch.testing.assert_close(from_cache, full, rtol=2e-2, atol=2e-2)  # bf16 keeps 8 bits of mantissa
+    assert (from_cache.argmax(1) == full.argmax(1)).float().mean() > 0.95
+
+
+def test_training_from_the_cache_gives_the_same_validation_accuracy(small_data, tmp_path):
+    cached = small_data.with_prefix(build_cache(tiny(small_data), small_data, start=10, device=CPU))
+    plain = train(quick_config("x", tmp_path / "plain", num_train_epochs="3"), small_data)
+    fast = train(quick_config("x", tmp_path / "cached", num_train_epochs="3"), cached)
+    assert [m["prefix_cache"] for m in fast.history] == [True] * 3
+    assert [m["prefix_cache"] for m in plain.history] == [False] * 3
+    assert [m["val_clip_acc"] for m in fast.history] == [m["val_clip_acc"] for m in plain.history]
+    for a, b in zip(fast.history, plain.history, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-2)
+    assert plain.history[0]["first_step_s"] > 0 and fast.history[0]["first_step_s"] > 0
+
+
+def test_the_key_refuses_states_of_other_weights_another_dataset_or_a_higher_layer(small_data, tmp_path):
+    model = tiny(small_data)
+    cache = build_cache(model, small_data, start=10, device=CPU)
+    check_cache(cache, model, small_data)  # the same model and data: accepted
+    with torch.no_grad():  # training the adapters and the head doesn't change the prefix: still accepted
+        model.head[1].weight.add_(1.0)
+    check_cache(cache, model, small_data)
+    with pytest.raises(CacheMismatch, match="other weights or another dataset"):
+        check_cache(cache, model, dataclasses.replace(small_data, fingerprint="another dataset"))
+    with pytest.raises(CacheMismatch, match="above this model's lowest adapter"):
+        check_cache(cache, tiny(small_data, min_layer=9), small_data)
+    with torch.no_grad():  # another checkpoint: one prefix weight differs
+        model.backbone.layers[3].mlp.fc1.weight[0, 0] += 1e-3
+    with pytest.raises(CacheMismatch, match="other weights"):
+        check_cache(cache, model, small_data)
+    with pytest.raises(CacheMismatch):  # and train() refuses it before any step
+        train(quick_config("x", tmp_path / "r"), small_data.with_prefix(build_cache(model, small_data, 10, CPU)))
