@@ -1,6 +1,6 @@
 """Submits `genre-sweep launch`'s job to a local Ray cluster with a dashboard and waits for it; run by a test.
 
-Prints one JSON line: the job's final status and the files it left.
+Prints one line, `OUTCOME <json>`: the job's final status and the files it left.
 """
 
 import json
@@ -75,6 +75,7 @@ while client.get_job_status(job_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILE
 status = str(client.get_job_status(job_id))
 logs = client.get_job_logs(job_id)
 files = sorted(str(p.relative_to(bucket)) for p in Path(bucket).rglob("*") if p.is_file() and "report" in p.parts)
-print(json.dumps({"status": status, "job_id": job_id, "report": files, "log_tail": logs[-2000:]}))
+outcome = {"status": status, "job_id": job_id, "report": files, "log_tail": logs[-1500:]}
+print("OUTCOME", json.dumps(outcome), flush=True)
 ray.shutdown()
 cluster.shutdown()

@@ -2,7 +2,7 @@
 
 The head holds no CPUs, so every prepare task and every trial runs on the two 2-CPU workers. Once a
 trial has reported from the second worker, that worker is removed (its processes killed, as when a
-spot instance goes away). Prints one JSON line with what happened.
+spot instance goes away). Prints one line, `OUTCOME <json>`, with what happened.
 """
 
 import json
@@ -77,6 +77,10 @@ cfg = resolve(
 )
 results = run_sweep(cfg)
 watcher.join(timeout=1)
+for _ in range(120):  # the GCS marks a killed node dead after its health checks fail (seconds)
+    if not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == doomed.node_id):
+        break
+    time.sleep(0.5)
 study = optuna.load_study(study_name="lost", storage=f"sqlite:///{work}/sweeps/lost/optuna.db")
 trials = []
 for r in results:
@@ -89,6 +93,7 @@ for r in results:
         }
     )
 print(
+    "OUTCOME",
     json.dumps(
         {
             "prepare_nodes": manifest["summary"]["nodes"],
@@ -99,7 +104,8 @@ print(
             "trials": trials,
             "study_states": sorted(t.state.name for t in study.trials),
         }
-    )
+    ),
+    flush=True,
 )
 ray.shutdown()
 cluster.shutdown()

@@ -1,7 +1,7 @@
 """A sweep on a real multi-node Ray cluster on this machine (ray.cluster_utils.Cluster); run by test_multinode.
 
 Head (1 CPU), a CPU worker (2 CPUs) and a worker advertising a GPU (2 CPUs, 1 GPU): trials asking for a
-GPU must all run on the GPU node. Prints one JSON line with what happened.
+GPU must all run on the GPU node. Prints one line, `OUTCOME <json>`, with what happened.
 """
 
 import json
@@ -35,6 +35,7 @@ cfg = resolve(
 results = run_sweep(cfg)
 nodes = sorted({r.metrics["node_id"] for r in results})
 print(
+    "OUTCOME",
     json.dumps(
         {
             "trial_nodes": nodes,
@@ -43,7 +44,8 @@ print(
             "errors": sum(r.error is not None for r in results),
             "cluster_nodes": len(ray.nodes()),
         }
-    )
+    ),
+    flush=True,
 )
 ray.shutdown()
 cluster.shutdown()

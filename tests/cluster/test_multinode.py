@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_script(name: str, *args: str, timeout: float = 480) -> dict:
-    """Runs ``tests/cluster/<name>`` in its own process group and returns its last JSON line.
+    """Runs ``tests/cluster/<name>`` in its own process group and returns the JSON of its OUTCOME line.
+
+    Ray's processes may write to the same stdout, even after that line, so the line is found by its marker.
 
     On a timeout the whole group is killed, Ray's raylets and GCS included, so that a stuck cluster
     can't hold ports or CPUs for the tests after it.
@@ -31,7 +33,9 @@ def run_script(name: str, *args: str, timeout: float = 480) -> dict:
         out, err = proc.communicate()
         raise AssertionError(f"{name} ran past {timeout:g} s; its stderr ends:\n{err[-3000:]}") from None
     assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
+    lines = [line for line in out.splitlines() if line.startswith("OUTCOME ")]
+    assert lines, f"{name} printed no OUTCOME line; its stderr ends:\n{err[-3000:]}"
+    return json.loads(lines[-1].removeprefix("OUTCOME "))
 
 
 def test_trials_land_only_on_nodes_with_the_requested_resources(sweep_shards, quick_space, tmp_path):
