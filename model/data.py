@@ -42,8 +42,13 @@ class TrainData:
     fingerprint: str  # of the dataset (manifest minus timings): part of any cache key derived from these features
     prefix: Any = None  # a model.prefix_cache.PrefixCache of these splits, once built
 
-    def with_prefix(self, cache: Any) -> TrainData:
-        return dataclasses.replace(self, prefix=cache)
+    def with_prefix(self, cache: Any, keep_features: bool = True) -> TrainData:
+        """This data with its prefix cache; without ``keep_features`` the features are dropped (training
+        and validation from the cache never read them, and the object store then holds no second copy)."""
+        splits = self.splits
+        if not keep_features:
+            splits = {k: dataclasses.replace(s, features=s.features[:0]) for k, s in splits.items()}
+        return dataclasses.replace(self, splits=splits, prefix=cache)
 
     def split(self, name: str) -> SplitArrays:
         if name not in self.splits or len(self.splits[name]) == 0:

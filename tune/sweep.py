@@ -219,7 +219,7 @@ def _with_prefix_cache(data: Any, pretrained: str, start: int) -> tuple[Any, dic
     model = build_model(pretrained, len(data.genres), AdapterSettings(min_layer=start), data.frames, data.mel_bins)
     cache = build_cache(model, data, start, device)
     facts = {"gb": cache.nbytes / 1e9, "device": str(device), "node_id": ray.get_runtime_context().get_node_id()}
-    return data.with_prefix(cache), facts
+    return data.with_prefix(cache, keep_features=False), facts
 
 
 def cached_data(cfg: SweepConfig, data_ref: Any) -> Any:
