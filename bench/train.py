@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from data.config import resolve
 from model.data import SplitArrays, TrainData, as_tensor
 from model.dora_ast import AdapterSettings, GenreClassifier, build_model
-from model.prefix_cache import build_cache
+from model.prefix_cache import build_for
 from model.train import TrainConfig, autocast, param_groups, resolve_device, train
 
 
@@ -229,12 +229,7 @@ def main() -> None:
     del model
     plain, plain_first = ours(data, args, device)
     began = time.perf_counter()
-    cache = build_cache(
-        build_model(args.model, 10, AdapterSettings(min_layer=args.min_layer), args.frames, 128),
-        data,
-        args.min_layer,
-        device,
-    )
+    cache = build_for(args.model, data, args.min_layer, str(device))
     build_s = time.perf_counter() - began
     cached, cached_first = ours(data.with_prefix(cache), args, device)
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from model.data import SplitArrays, TrainData, as_tensor
-from model.dora_ast import GenreClassifier
+from model.dora_ast import AdapterSettings, GenreClassifier, build_model
+from model.train import autocast, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,6 @@ def cache_key(model: GenreClassifier, data: TrainData, start: int) -> str:
     return hashlib.sha256(f"{ident}|{prefix_weights_digest(model, start)}".encode()).hexdigest()
 
 
-def _autocast(device: torch.device):
-    from model.train import autocast
-
-    return autocast(device)
-
-
 @torch.no_grad()
 def compute_states(model: GenreClassifier, split: SplitArrays, start: int, batch_size: int, device: torch.device):
     """(N, tokens, hidden) bf16 bits (uint16) of the states entering layer ``start`` for every window."""
@@ -79,7 +74,7 @@ def compute_states(model: GenreClassifier, split: SplitArrays, start: int, batch
     out: np.ndarray | None = None
     for i in range(0, len(split), batch_size):
         x = feats[i : i + batch_size].to(device, non_blocking=True).float()
-        with _autocast(device):
+        with autocast(device):
             h = model.prefix(x, start)
         bits = h.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
         if out is None:
@@ -108,6 +103,12 @@ def build_cache(model: GenreClassifier, data: TrainData, start: int, device: tor
         device,
     )
     return cache
+
+
+def build_for(pretrained: str, data: TrainData, start: int, device: str = "auto") -> PrefixCache:
+    """The cache of ``data`` under ``pretrained``'s frozen weights (adapters from layer ``start`` on)."""
+    model = build_model(pretrained, len(data.genres), AdapterSettings(min_layer=start), data.frames, data.mel_bins)
+    return build_cache(model, data, start, resolve_device(device))
 
 
 def check_cache(cache: PrefixCache, model: GenreClassifier, data: TrainData) -> None:

@@ -73,14 +73,10 @@ def retrain_on_a_trial_node(values: dict[str, Any], data: TrainData, seeds: list
     With ``use_cache`` the frozen layers below the configuration's lowest adapter run once for all seeds.
     """
     if use_cache:
-        from model.dora_ast import AdapterSettings, build_model
-        from model.prefix_cache import build_cache
+        from model.prefix_cache import build_for
 
         start = int(values.get("encoder_min_layer_to_update", TrainConfig.encoder_min_layer_to_update))
-        model = build_model(
-            values["pretrained"], len(data.genres), AdapterSettings(min_layer=start), data.frames, data.mel_bins
-        )
-        data = data.with_prefix(build_cache(model, data, start, resolve_device("auto")))
+        data = data.with_prefix(build_for(values["pretrained"], data, start))
     with tempfile.TemporaryDirectory() as tmp:
         outcome = retrain(values, data, seeds, Path(tmp))
     outcome["chosen"]["model"] = outcome["chosen"]["model"].cpu()

@@ -209,17 +209,10 @@ def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]):
 
 def _with_prefix_cache(data: Any, pretrained: str, start: int) -> tuple[Any, dict[str, Any]]:
     """Ray task: (``data`` plus the states entering layer ``start`` under ``pretrained``'s frozen weights, facts)."""
-    import ray
+    from model.prefix_cache import build_for
 
-    from model.dora_ast import AdapterSettings, build_model
-    from model.prefix_cache import build_cache
-    from model.train import resolve_device
-
-    device = resolve_device("auto")
-    model = build_model(pretrained, len(data.genres), AdapterSettings(min_layer=start), data.frames, data.mel_bins)
-    cache = build_cache(model, data, start, device)
-    facts = {"gb": cache.nbytes / 1e9, "device": str(device), "node_id": ray.get_runtime_context().get_node_id()}
-    return data.with_prefix(cache, keep_features=False), facts
+    cache = build_for(pretrained, data, start)
+    return data.with_prefix(cache, keep_features=False), {"gb": cache.nbytes / 1e9}
 
 
 def cached_data(cfg: SweepConfig, data_ref: Any) -> Any:
@@ -242,10 +235,9 @@ def cached_data(cfg: SweepConfig, data_ref: Any) -> Any:
     data_with_cache, facts = task.remote(data_ref, cfg.pretrained, start)
     facts = ray.get(facts)
     log.info(
-        "frozen-prefix cache: states entering layer %d, %.2f GB bf16, built on %s in %.1f s",
+        "frozen-prefix cache: states entering layer %d, %.2f GB bf16, ready in %.1f s",
         start,
         facts["gb"],
-        facts["device"],
         time.perf_counter() - began,
     )
     return data_with_cache

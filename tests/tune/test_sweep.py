@@ -12,25 +12,27 @@ from tune.sweep import SweepConfig, SweepError, run_sweep
 from tune.sweep import main as sweep_main
 
 
+def sweep_args(shards, storage, name: str, space, trials: int, *more: str) -> list[str]:
+    """The command line of a sweep of ``trials`` trials named ``name``; ``more`` adds flags."""
+    return [
+        "--shards",
+        str(shards),
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        "--space",
+        str(space),
+        "--trials",
+        str(trials),
+        *more,
+    ]
+
+
 def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(sweep_shards, quick_space, tmp_path, capsys):
     storage = tmp_path / "sweeps"
     code = sweep_main(
-        [
-            "--shards",
-            str(sweep_shards),
-            "--storage",
-            str(storage),
-            "--name",
-            "s1",
-            "--space",
-            str(quick_space),
-            "--trials",
-            "6",
-            "--retrain-seeds",
-            "2",
-            "--max-concurrent-trials",
-            "2",
-        ]
+        sweep_args(sweep_shards, storage, "s1", quick_space, 6, "--retrain-seeds", "2", "--max-concurrent-trials", "2")
     )
     assert code == 0
     study = optuna.load_study(study_name="s1", storage=f"sqlite:///{storage / 's1' / 'optuna.db'}")
@@ -124,21 +126,7 @@ def test_a_killed_sweep_resumes_and_finishes_keeping_every_finished_trial(sweep_
     import time
 
     storage, name = tmp_path / "sweeps", "r1"
-    args = [
-        "--shards",
-        str(sweep_shards),
-        "--storage",
-        str(storage),
-        "--name",
-        name,
-        "--space",
-        str(quick_space),
-        "--trials",
-        "6",
-        "--max-concurrent-trials",
-        "1",
-        "--no-retrain",
-    ]
+    args = sweep_args(sweep_shards, storage, name, quick_space, 6, "--max-concurrent-trials", "1", "--no-retrain")
     db = f"sqlite:///{storage / name / 'optuna.db'}"
 
     def finished() -> dict[int, tuple]:
@@ -187,24 +175,19 @@ def test_a_sweep_on_s3_storage_leaves_trials_report_and_study_in_the_bucket(
     import boto3
 
     code = sweep_main(
-        [
-            "--shards",
-            str(sweep_shards),
-            "--storage",
+        sweep_args(
+            sweep_shards,
             f"s3://{s3_bucket}/sweeps",
-            "--name",
             "s3run",
-            "--space",
-            str(quick_space),
-            "--trials",
-            "2",
+            quick_space,
+            2,
             "--retrain-seeds",
             "1",
             "--s3-endpoint",
             s3_endpoint,
             "--study-storage",
             f"sqlite:///{tmp_path / 'study.db'}",
-        ]
+        )
     )
     assert code == 0
     keys = {
@@ -221,20 +204,7 @@ def test_a_sweep_on_s3_storage_leaves_trials_report_and_study_in_the_bucket(
 def test_retrain_runs_on_its_own_after_a_sweep_without_retrain(sweep_shards, quick_space, tmp_path):
     from tune.retrain import main as retrain_cli
 
-    args = [
-        "--shards",
-        str(sweep_shards),
-        "--storage",
-        str(tmp_path),
-        "--name",
-        "nr",
-        "--space",
-        str(quick_space),
-        "--trials",
-        "2",
-        "--retrain-seeds",
-        "1",
-    ]
+    args = sweep_args(sweep_shards, tmp_path, "nr", quick_space, 2, "--retrain-seeds", "1")
     assert sweep_main([*args, "--no-retrain"]) == 0
     assert not (tmp_path / "nr" / "report").exists()
     assert retrain_cli(args) == 0
