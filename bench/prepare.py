@@ -19,14 +19,14 @@ from pathlib import Path
 
 import ray
 
-from data.config import resolve
-from data.pipeline import run_prepare
-from data.prepare import PrepareConfig
-from data.shards import results_table, shard_table, write_shard
-from data.sources import discover, work_items
-from data.store import StoreOptions, filesystem, join
-from data.synth import SynthConfig, generate
-from data.tracks import process_track
+from genre_sweep.config import resolve
+from genre_sweep.data.configs import PrepareConfig, SynthConfig
+from genre_sweep.data.pipeline import run_prepare
+from genre_sweep.data.shards import results_table, shard_table, write_shard
+from genre_sweep.data.sources import discover, work_items
+from genre_sweep.data.synth import generate
+from genre_sweep.data.tracks import process_track
+from genre_sweep.store import StoreOptions, filesystem, join
 
 TARGET_S = 600.0  # GTZAN-sized corpus in under 10 minutes on 2 cores
 

@@ -32,11 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from data.config import resolve
-from model.data import SplitArrays, TrainData, as_tensor
-from model.dora_ast import AdapterSettings, GenreClassifier, build_model
-from model.prefix_cache import build_for
-from model.train import TrainConfig, autocast, param_groups, resolve_device, train
+from genre_sweep.config import resolve
+from genre_sweep.model.configs import AdapterSettings, TrainConfig
+from genre_sweep.model.data import SplitArrays, TrainData, as_tensor
+from genre_sweep.model.device import autocast, resolve_device
+from genre_sweep.model.dora_ast import GenreClassifier, build_model
+from genre_sweep.model.prefix_cache import build_for
+from genre_sweep.model.train import param_groups, train
 
 
 def synthetic_data(n: int, frames: int, mel_bins: int, classes: int = 10) -> TrainData:
@@ -152,10 +154,11 @@ def bf16_peak_tflops(device: torch.device) -> float:
 
 def sweep_figures(args: argparse.Namespace) -> None:
     """A real sweep of ``--sweep-trials`` on a generated corpus: wall time and per-trial overhead."""
-    from data.pipeline import run_prepare
-    from data.prepare import PrepareConfig
-    from data.synth import SynthConfig, generate
-    from tune.sweep import SweepConfig, run_sweep
+    from genre_sweep.data.configs import PrepareConfig, SynthConfig
+    from genre_sweep.data.pipeline import run_prepare
+    from genre_sweep.data.synth import generate
+    from genre_sweep.tune.configs import SweepConfig
+    from genre_sweep.tune.sweep import run_sweep
 
     work = Path(args.work)
     corpus, shards = work / "sweep-corpus", work / "sweep-shards"

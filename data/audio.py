@@ -15,6 +15,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from genre_sweep.errors import GenreSweepError
+
 AUDIO_EXTENSIONS = (".wav", ".au", ".flac", ".ogg", ".mp3")
 # Peak below one 16-bit step: nothing a 16-bit source could have recorded.
 SILENCE_PEAK = 1.0 / 32768
@@ -26,7 +28,7 @@ _STREAMING_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)  # placeholders written by tools 
 _IN_MEMORY_NAME = re.compile(r"Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ")  # says nothing, varies per run
 
 
-class AudioError(ValueError):
+class AudioError(GenreSweepError, ValueError):
     """This input can't become rows; the message is the reason recorded for it."""
 
 

@@ -18,7 +18,8 @@ import pedalboard
 import torch
 import torchaudio.functional as AF
 
-EFFECTS = ("fast_tempo", "slow_tempo", "highpass", "lowpass", "echo", "bundle")
+from genre_sweep.data.configs import EFFECTS
+
 # The bundle's echo gains are not in method.md; these are FFmpeg's documented example (aecho=0.8:0.88).
 BUNDLE_ECHO = {"in_gain": 0.8, "out_gain": 0.88, "delays_ms": [200, 400], "decays": [0.3, 0.3]}
 

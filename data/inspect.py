@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 
 import pyarrow.parquet as pq
 
-from data.config import parse
-from data.jobs import run_job
-from data.shards import open_dataset
-from data.sources import SPLITS
-from data.store import StoreError, StoreOptions, filesystem, join
+from genre_sweep.cli import job_main
+from genre_sweep.data.configs import SPLITS, InspectConfig
+from genre_sweep.data.shards import open_dataset
+from genre_sweep.store import StoreError, StoreOptions, filesystem, join
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class InspectConfig:
-    shards: str = dataclasses.field(metadata={"help": "a dataset written by `genre-sweep prepare` (folder or s3://)"})
-    s3_endpoint: str | None = dataclasses.field(default=None, metadata={"help": "endpoint of an S3-compatible store"})
-    s3_region: str | None = dataclasses.field(default=None, metadata={"help": "S3 region"})
 
 
 def describe(uri: str, options: StoreOptions) -> str:
@@ -54,9 +45,11 @@ def describe(uri: str, options: StoreOptions) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse(InspectConfig, argv, prog="genre-sweep inspect", description=__doc__.split(":", 1)[1].strip())
-    return run_job(lambda: print(describe(cfg.shards, StoreOptions(cfg.s3_endpoint, cfg.s3_region))))
+def run(cfg: InspectConfig) -> None:
+    print(describe(cfg.shards, cfg.options))
+
+
+main = job_main("inspect")
 
 
 if __name__ == "__main__":

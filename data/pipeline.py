@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,19 +22,19 @@ from ray.data import DataContext
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
-from data.features import AST_MEAN, AST_STD, FRAME_SHIFT, SAMPLE_RATE
-from data.shards import FORMAT_VERSION, results_table, shard_table, write_manifest, write_shard
-from data.sources import SPLITS, Rejection, discover, work_items
-from data.store import StoreOptions, filesystem, join, prepare_destination
-from data.tracks import TrackSettings, process_track
-
-if TYPE_CHECKING:
-    from data.prepare import PrepareConfig
+from genre_sweep.data.configs import SPLITS, PrepareConfig, TrackSettings
+from genre_sweep.data.features import AST_MEAN, AST_STD, FRAME_SHIFT, SAMPLE_RATE
+from genre_sweep.data.shards import FORMAT_VERSION, results_table, shard_table, write_manifest, write_shard
+from genre_sweep.data.sources import Rejection, discover, work_items
+from genre_sweep.data.tracks import process_track
+from genre_sweep.errors import GenreSweepError
+from genre_sweep.ray_start import init_ray
+from genre_sweep.store import StoreOptions, filesystem, join, prepare_destination
 
 log = logging.getLogger(__name__)
 
 
-class PrepareError(RuntimeError):
+class PrepareError(GenreSweepError, RuntimeError):
     """The run can't produce a usable dataset; the message says why."""
 
 
@@ -129,24 +129,10 @@ def _fingerprint(tracks: dict[str, dict], discovery_rejects: list[Rejection]) ->
     return h.hexdigest()
 
 
-def init_ray(address: str | None) -> None:
-    """Connect to ``address``; without one, start a fresh local Ray, or join the job's cluster inside a Ray job.
-
-    Never an implicit "whatever ran last on this machine": a stale pointer to a stopped cluster makes
-    plain ``ray.init()`` hang or join the wrong cluster.
-    """
-    import os
-
-    if not ray.is_initialized():
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            address = "local"
-        ray.init(address=address, log_to_driver=True)
-
-
 def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Run the whole pipeline; returns the manifest it wrote. Raises PrepareError or StoreError."""
     start = time.perf_counter()
-    options = StoreOptions(cfg.s3_endpoint, cfg.s3_region)
+    options = cfg.options
     fs, root = prepare_destination(cfg.out, options, cfg.overwrite)
     tracks, discovery_rejects = discover(cfg.source, cfg.genres, options)
     empty = [g for g in cfg.genres if not any(t.label == g for t in tracks)]

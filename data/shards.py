@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.store import StoreError, StoreOptions, filesystem, join, write_bytes
-from data.tracks import TrackResult
+from genre_sweep.data.tracks import TrackResult
+from genre_sweep.store import StoreError, StoreOptions, filesystem, join, write_bytes
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -7,7 +7,6 @@ a ``Rejection`` with its reason, never dropped silently.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import posixpath
 
@@ -16,11 +15,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from data.audio import AUDIO_EXTENSIONS
-from data.store import StoreError, StoreOptions, filesystem, is_s3, list_files
-
-GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
-SPLITS = ("train", "val", "test")
+from genre_sweep.data.audio import AUDIO_EXTENSIONS
+from genre_sweep.data.configs import SPLITS
+from genre_sweep.seeds import stable_seed
+from genre_sweep.store import StoreError, StoreOptions, filesystem, is_s3, list_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +123,6 @@ def _admit(entries: list[Entry], genres: tuple[str, ...]) -> tuple[list[Track], 
             seen[track_id] = uri
             tracks.append(Track(track_id, uri, label))
     return sorted(tracks, key=lambda t: t.track_id), rejected
-
-
-def stable_seed(*parts: object) -> int:
-    """A 63-bit integer from the parts' text: the same on every machine and Python run."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def split_tracks(tracks: list[Track], fractions: tuple[float, ...], seed: int) -> dict[str, str]:

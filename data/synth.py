@@ -17,10 +17,10 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import soundfile as sf
 
-from data.config import check, parse
-from data.jobs import run_job
-from data.sources import GTZAN_GENRES, stable_seed
-from data.store import StoreError, StoreOptions, join, prepare_destination, write_bytes
+from genre_sweep.cli import job_main
+from genre_sweep.data.configs import SynthConfig
+from genre_sweep.seeds import stable_seed
+from genre_sweep.store import filesystem, join, prepare_destination, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -216,34 +216,6 @@ STYLES: dict[str, Style] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class SynthConfig:
-    out: str = dataclasses.field(
-        metadata={"help": "folder (or s3://bucket/prefix) to write <genre>/<genre>.NNNNN.<format> into"}
-    )
-    per_genre: int = dataclasses.field(default=100, metadata={"help": "clips per genre"})
-    seconds: float = dataclasses.field(default=30.0, metadata={"help": "length of each clip"})
-    sample_rate: int = dataclasses.field(default=22050, metadata={"help": "sample rate of the files"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "seed: the same seed gives the same files"})
-    genres: tuple[str, ...] = dataclasses.field(default=GTZAN_GENRES, metadata={"help": "genres to generate"})
-    format: str = dataclasses.field(
-        default="wav", metadata={"help": "file format", "choices": ["wav", "au", "flac", "ogg", "mp3"]}
-    )
-    workers: int = dataclasses.field(default=2, metadata={"help": "processes generating in parallel"})
-    overwrite: bool = dataclasses.field(default=False, metadata={"help": "replace a non-empty destination"})
-    s3_endpoint: str | None = dataclasses.field(default=None, metadata={"help": "endpoint of an S3-compatible store"})
-    s3_region: str | None = dataclasses.field(default=None, metadata={"help": "S3 region"})
-
-    def __post_init__(self) -> None:
-        check(self.per_genre >= 1, f"per_genre must be >= 1, got {self.per_genre}")
-        check(1.0 <= self.seconds <= 600, f"seconds must be in [1, 600], got {self.seconds}")
-        check(8000 <= self.sample_rate <= 96000, f"sample_rate must be in [8000, 96000], got {self.sample_rate}")
-        unknown = sorted(set(self.genres) - set(STYLES))
-        check(not unknown, f"genres {unknown} have no synthetic style; known: {', '.join(STYLES)}")
-        check(self.format in ("wav", "au", "flac", "ogg", "mp3"), f"format {self.format!r} is not supported")
-        check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
-
-
 def _midi_hz(midi: float) -> float:
     return 440.0 * 2 ** ((midi - 69) / 12)
 
@@ -360,9 +332,7 @@ def clip_bytes(genre: str, index: int, cfg: SynthConfig) -> bytes:
 
 def _write_one(args: tuple[str, int, SynthConfig]) -> str:
     genre, index, cfg = args
-    from data.store import filesystem
-
-    fs, root = filesystem(cfg.out, StoreOptions(cfg.s3_endpoint, cfg.s3_region))
+    fs, root = filesystem(cfg.out, cfg.options)
     name = f"{genre}/{genre}.{index:05d}.{cfg.format}"
     write_bytes(fs, join(root, name), clip_bytes(genre, index, cfg))
     return name
@@ -370,7 +340,7 @@ def _write_one(args: tuple[str, int, SynthConfig]) -> str:
 
 def generate(cfg: SynthConfig) -> list[str]:
     """Write the corpus; returns the written file names relative to ``cfg.out``."""
-    prepare_destination(cfg.out, StoreOptions(cfg.s3_endpoint, cfg.s3_region), cfg.overwrite)
+    prepare_destination(cfg.out, cfg.options, cfg.overwrite)
     jobs = [(g, i, cfg) for g in cfg.genres for i in range(cfg.per_genre)]
     from tqdm import tqdm
 
@@ -382,29 +352,21 @@ def generate(cfg: SynthConfig) -> list[str]:
     return names
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse(
-        SynthConfig,
-        argv,
-        prog="genre-sweep synth",
-        description="Generate a seeded synthetic music corpus in GTZAN format (<genre>/<genre>.NNNNN.wav).",
+def run(cfg: SynthConfig) -> None:
+    names = generate(cfg)
+    log.info(
+        "wrote %d clips (%d genres x %d, %.0f s, %d Hz %s) to %s",
+        len(names),
+        len(cfg.genres),
+        cfg.per_genre,
+        cfg.seconds,
+        cfg.sample_rate,
+        cfg.format,
+        cfg.out,
     )
 
-    def body() -> None:
-        names = generate(cfg)
-        log.info(
-            "wrote %d clips (%d genres x %d, %.0f s, %d Hz %s) to %s",
-            len(names),
-            len(cfg.genres),
-            cfg.per_genre,
-            cfg.seconds,
-            cfg.sample_rate,
-            cfg.format,
-            cfg.out,
-        )
 
-    return run_job(body, known=(StoreError,))
-
+main = job_main("synth")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,24 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from data.audio import AudioError, load_clip
-from data.augment import augment
-from data.features import FRAME_SHIFT, SAMPLE_RATE, clip_windows
-from data.sources import stable_seed
-from data.store import StoreOptions, read_bytes
+from genre_sweep.data.audio import AudioError, load_clip
+from genre_sweep.data.augment import augment
+from genre_sweep.data.configs import TrackSettings
+from genre_sweep.data.features import FRAME_SHIFT, SAMPLE_RATE, clip_windows
+from genre_sweep.seeds import stable_seed
+from genre_sweep.store import read_bytes
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrackSettings:
-    frames: int = 1024
-    mel_bins: int = 128
-    min_seconds: float = 1.0
-    effects: tuple[str, ...] = ()
-    high_quality_stretch: bool = False
-    seed: int = 0
-    store: StoreOptions = StoreOptions()
 
 
 @dataclasses.dataclass

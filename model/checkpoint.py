@@ -15,12 +15,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from genre_sweep.errors import GenreSweepError
+
 TRAINABLE = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GenreSweepError, ValueError):
     """A checkpoint is missing, incomplete or doesn't fit the model it's loaded into."""
 
 

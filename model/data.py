@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.shards import Dataset, features_array, open_dataset
-from data.store import StoreOptions
+from genre_sweep.data.shards import Dataset, features_array, open_dataset
+from genre_sweep.store import StoreOptions
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ finishes the forward from there, so those states can be cached (all trials share
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -23,6 +22,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import ASTConfig, ASTModel
 
+from genre_sweep.errors import GenreSweepError
+from genre_sweep.model.configs import AdapterSettings
+
 log = logging.getLogger(__name__)
 
 # Named configs that are built, randomly initialised, without any download.
@@ -32,22 +34,13 @@ NAMED_CONFIGS: dict[str, dict] = {
     # AST-base's shape with random weights: GPU benchmarks without a download.
     "base-random": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
 }
-HUB_DEFAULT = "MIT/ast-finetuned-audioset-10-10-0.4593"
 
 
-class ModelError(ValueError):
+class ModelError(GenreSweepError, ValueError):
     """The model can't be built as asked; the message names the setting and the fix."""
 
 
-@dataclasses.dataclass(frozen=True)
-class AdapterSettings:
-    min_layer: int = 10
-    rank: int = 2
-    alpha: float = 4.25
-    hidden: int = 200  # classifier MLP hidden size H
-
-
-def _backbone_config(pretrained: str, frames: int, mel_bins: int) -> tuple[ASTConfig, str | None]:
+def backbone_config(pretrained: str, frames: int, mel_bins: int) -> tuple[ASTConfig, str | None]:
     """(config, where to load weights from or None for random init)."""
     if pretrained in NAMED_CONFIGS:
         cfg = ASTConfig(
@@ -56,12 +49,15 @@ def _backbone_config(pretrained: str, frames: int, mel_bins: int) -> tuple[ASTCo
             num_mel_bins=mel_bins,
             hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
+            attn_implementation="sdpa",
         )
         return cfg, None
     try:
         if not Path(pretrained).exists() and os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
             raise OSError("the hub is unreachable")  # fail now, not after the hub client's retries
-        cfg = ASTConfig.from_pretrained(pretrained, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+        cfg = ASTConfig.from_pretrained(
+            pretrained, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1", attn_implementation="sdpa"
+        )
     except OSError as e:
         local = Path(pretrained).exists()
         hint = (
@@ -95,7 +91,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _load_backbone(cfg: ASTConfig, source: str | None) -> tuple[ASTModel, nn.LayerNorm]:
     """The backbone and the classifier's LayerNorm: pretrained from ``source``, or random for a named config."""
-    cfg._attn_implementation = "sdpa"
     head_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
     if source is None:
         torch.manual_seed(0)  # a named config is the same random network every time
@@ -174,7 +169,7 @@ def build_model(
     """
     if adapters.rank < 1:
         raise ModelError(f"encoder_update_rank must be >= 1, got {adapters.rank}")
-    cfg, source = _backbone_config(pretrained, frames, mel_bins)
+    cfg, source = backbone_config(pretrained, frames, mel_bins)
     backbone, head_norm = _load_backbone(cfg, source)
     torch.manual_seed(seed)
     model = GenreClassifier(backbone, n_classes, adapters, head_norm)

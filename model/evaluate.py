@@ -6,7 +6,6 @@ and the clip-level confusion matrix as JSON and PNG, written to ``--out``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -16,29 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.config import parse
-from data.jobs import run_job
-from data.store import StoreOptions
-from model.data import SplitArrays, load_data
-from model.dora_ast import ModelError
-from model.export import load_exported
-from model.train import clip_logits, predict_logits, resolve_device, validation_metrics
+from genre_sweep.cli import job_main
+from genre_sweep.model.configs import EvaluateConfig
+from genre_sweep.model.data import SplitArrays, load_data
+from genre_sweep.model.device import resolve_device
+from genre_sweep.model.dora_ast import ModelError
+from genre_sweep.model.export import load_exported
+from genre_sweep.model.train import clip_logits, predict_logits, validation_metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-    model: str = dataclasses.field(metadata={"help": "exported model folder (a run's model/)"})
-    shards: str = dataclasses.field(metadata={"help": "prepared dataset (folder or s3://)"})
-    out: str = dataclasses.field(metadata={"help": "folder for metrics.json, confusion.json, confusion.png"})
-    split: str = dataclasses.field(
-        default="test", metadata={"help": "split to evaluate", "choices": ["train", "val", "test"]}
-    )
-    batch_size: int = dataclasses.field(default=64, metadata={"help": "windows per batch"})
-    device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
-    s3_endpoint: str | None = dataclasses.field(default=None, metadata={"help": "endpoint of an S3-compatible store"})
-    s3_region: str | None = dataclasses.field(default=None, metadata={"help": "S3 region"})
 
 
 def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
@@ -106,39 +91,37 @@ def evaluate_split(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse(EvaluateConfig, argv, prog="genre-sweep evaluate", description=__doc__.split("\n\n")[0])
+def run(cfg: EvaluateConfig) -> None:
+    device = resolve_device(cfg.device)
+    model, info = load_exported(cfg.model, device)
+    data = load_data(cfg.shards, cfg.options, splits=(cfg.split,))
+    if list(data.genres) != info["genres"] or (data.frames, data.mel_bins) != (
+        info["features"]["frames"],
+        info["features"]["mel_bins"],
+    ):
+        raise ModelError(f"model {cfg.model} and shards {cfg.shards} differ in genres or feature shape")
+    result = evaluate_split(model, data.split(cfg.split), info["genres"], cfg.batch_size, device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
+    (out / "confusion.json").write_text(json.dumps({"genres": result["genres"], "matrix": result["confusion"]}))
+    plot_confusion(
+        np.array(result["confusion"]),
+        result["genres"],
+        f"{cfg.split}: clip accuracy {result['clip_acc']:.3f}",
+        out / "confusion.png",
+    )
+    lines = [
+        f"{cfg.split}: window accuracy {result['window_acc']:.3f}, clip accuracy {result['clip_acc']:.3f} "
+        f"({result['clips']} clips, {result['windows']} windows)",
+        f"{'genre':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}",
+    ]
+    for g, m in result["per_genre"].items():
+        lines.append(f"{g:<12}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}")
+    print("\n".join(lines) + f"\nwritten: {out}/metrics.json, confusion.json, confusion.png")
 
-    def body() -> None:
-        device = resolve_device(cfg.device)
-        model, info = load_exported(cfg.model, device)
-        data = load_data(cfg.shards, StoreOptions(cfg.s3_endpoint, cfg.s3_region), splits=(cfg.split,))
-        if list(data.genres) != info["genres"] or (data.frames, data.mel_bins) != (
-            info["features"]["frames"],
-            info["features"]["mel_bins"],
-        ):
-            raise ModelError(f"model {cfg.model} and shards {cfg.shards} differ in genres or feature shape")
-        result = evaluate_split(model, data.split(cfg.split), info["genres"], cfg.batch_size, device)
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
-        (out / "confusion.json").write_text(json.dumps({"genres": result["genres"], "matrix": result["confusion"]}))
-        plot_confusion(
-            np.array(result["confusion"]),
-            result["genres"],
-            f"{cfg.split}: clip accuracy {result['clip_acc']:.3f}",
-            out / "confusion.png",
-        )
-        lines = [
-            f"{cfg.split}: window accuracy {result['window_acc']:.3f}, clip accuracy {result['clip_acc']:.3f} "
-            f"({result['clips']} clips, {result['windows']} windows)",
-            f"{'genre':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}",
-        ]
-        for g, m in result["per_genre"].items():
-            lines.append(f"{g:<12}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}")
-        print("\n".join(lines) + f"\nwritten: {out}/metrics.json, confusion.json, confusion.png")
 
-    return run_job(body, known=(ModelError,))
+main = job_main("evaluate")
 
 
 if __name__ == "__main__":

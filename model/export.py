@@ -17,8 +17,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import ASTConfig, ASTModel
 
-from data.features import AST_MEAN, AST_STD, SAMPLE_RATE
-from model.dora_ast import AdapterSettings, GenreClassifier, ModelError, merge_adapters
+from genre_sweep.data.features import AST_MEAN, AST_STD, SAMPLE_RATE
+from genre_sweep.model.configs import AdapterSettings
+from genre_sweep.model.dora_ast import GenreClassifier, ModelError, merge_adapters
 
 WEIGHTS = "model.safetensors"
 INFO = "genre_sweep.json"
@@ -64,8 +65,7 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     info = json.loads((path / INFO).read_text())
     if info.get("format") != FORMAT:
         raise ModelError(f"{path}: export format {info.get('format')} != supported {FORMAT}")
-    cfg = ASTConfig.from_json_file(str(path / "config.json"))
-    cfg._attn_implementation = "sdpa"
+    cfg = ASTConfig.from_pretrained(str(path), attn_implementation="sdpa", local_files_only=True)
     settings = AdapterSettings(
         min_layer=info["trained_with"]["encoder_min_layer_to_update"], hidden=info["classifier_hidden_layer_size"]
     )

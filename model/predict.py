@@ -9,7 +9,6 @@ Many songs go through Ray Data in batches, one model per actor.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging
 import sys
@@ -19,37 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.audio import AUDIO_EXTENSIONS, AudioError, load_clip
-from data.config import check, parse
-from data.features import SAMPLE_RATE, fbank, windows
-from data.jobs import run_job
-from data.sources import stable_seed
-from data.store import StoreError, StoreOptions, filesystem, is_s3, list_files, read_bytes
-from model.dora_ast import ModelError
-from model.export import load_exported
-from model.train import autocast, resolve_device
+from genre_sweep.cli import job_main
+from genre_sweep.data.audio import AUDIO_EXTENSIONS, AudioError, load_clip
+from genre_sweep.data.features import SAMPLE_RATE, fbank, windows
+from genre_sweep.model.configs import PredictConfig
+from genre_sweep.model.device import autocast, resolve_device
+from genre_sweep.model.export import load_exported
+from genre_sweep.ray_start import init_ray
+from genre_sweep.seeds import stable_seed
+from genre_sweep.store import StoreError, StoreOptions, filesystem, is_s3, list_files, read_bytes
 
 log = logging.getLogger(__name__)
 MIN_SECONDS = 0.1  # anything shorter holds no music worth a vote
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictConfig:
-    inputs: str = dataclasses.field(metadata={"help": "an audio file, a folder, or an s3:// prefix (also positional)"})
-    model: str = dataclasses.field(metadata={"help": "exported model folder"})
-    windows: int = dataclasses.field(default=20, metadata={"help": "windows per song (K)"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the window positions"})
-    out: str = dataclasses.field(default="predictions.csv", metadata={"help": "CSV to write (a .json beside it)"})
-    batch_size: int = dataclasses.field(default=32, metadata={"help": "windows per forward pass"})
-    device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
-    ray_threshold: int = dataclasses.field(default=16, metadata={"help": "songs from which Ray Data is used"})
-    ray_address: str | None = dataclasses.field(default=None, metadata={"help": "Ray cluster address"})
-    s3_endpoint: str | None = dataclasses.field(default=None, metadata={"help": "endpoint of an S3-compatible store"})
-    s3_region: str | None = dataclasses.field(default=None, metadata={"help": "S3 region"})
-
-    def __post_init__(self) -> None:
-        check(self.windows >= 1, f"windows must be >= 1, got {self.windows}")
-        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def list_songs(inputs: str, options: StoreOptions) -> tuple[list[str], list[dict[str, Any]]]:
@@ -138,8 +118,6 @@ class SongPredictor:
 def predict_with_ray(songs: list[str], cfg: PredictConfig, options: StoreOptions) -> list[dict[str, Any]]:
     import ray
 
-    from data.pipeline import init_ray
-
     init_ray(cfg.ray_address)
     gpus = 1 if resolve_device(cfg.device).type == "cuda" else 0
     actors = max(1, int(ray.available_resources().get("GPU" if gpus else "CPU", 1)))
@@ -185,30 +163,23 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-"):
-        argv = ["--inputs", argv[0], *argv[1:]]
-    cfg = parse(PredictConfig, argv, prog="genre-sweep predict", description=__doc__.split("\n\n")[0])
+def run(cfg: PredictConfig) -> None:
+    songs, skipped = list_songs(cfg.inputs, cfg.options)
+    if len(songs) >= cfg.ray_threshold:
+        rows = predict_with_ray(songs, cfg, cfg.options)
+    else:
+        rows = SongPredictor(cfg.model, cfg.windows, cfg.seed, cfg.batch_size, cfg.device, cfg.options).predict(songs)
+    rows = sorted(rows + skipped, key=lambda r: r["source"])
+    write_results(rows, Path(cfg.out))
+    print(table(rows))
+    done = sum(r["error"] is None for r in rows)
+    print(
+        f"{done} songs predicted, {len(rows) - done} skipped; written: {cfg.out} and "
+        f"{Path(cfg.out).with_suffix('.json')}"
+    )
 
-    def body() -> None:
-        options = StoreOptions(cfg.s3_endpoint, cfg.s3_region)
-        songs, skipped = list_songs(cfg.inputs, options)
-        if len(songs) >= cfg.ray_threshold:
-            rows = predict_with_ray(songs, cfg, options)
-        else:
-            rows = SongPredictor(cfg.model, cfg.windows, cfg.seed, cfg.batch_size, cfg.device, options).predict(songs)
-        rows = sorted(rows + skipped, key=lambda r: r["source"])
-        write_results(rows, Path(cfg.out))
-        print(table(rows))
-        done = sum(r["error"] is None for r in rows)
-        print(
-            f"{done} songs predicted, {len(rows) - done} skipped; written: {cfg.out} and "
-            f"{Path(cfg.out).with_suffix('.json')}"
-        )
 
-    return run_job(body, known=(ModelError,))
-
+main = job_main("predict")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,14 +19,16 @@ import time
 import numpy as np
 import torch
 
-from model.data import SplitArrays, TrainData, as_tensor
-from model.dora_ast import AdapterSettings, GenreClassifier, build_model
-from model.train import autocast, resolve_device
+from genre_sweep.errors import GenreSweepError
+from genre_sweep.model.configs import AdapterSettings
+from genre_sweep.model.data import SplitArrays, TrainData, as_tensor
+from genre_sweep.model.device import autocast, resolve_device
+from genre_sweep.model.dora_ast import GenreClassifier, build_model
 
 log = logging.getLogger(__name__)
 
 
-class CacheMismatch(ValueError):
+class CacheMismatch(GenreSweepError, ValueError):
     """The cache was built from other weights, another dataset, or for a higher layer."""
 
 

@@ -16,7 +16,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,67 +24,26 @@ import torch
 import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from data.config import check, parse, to_json
-from data.sources import stable_seed
-from model.checkpoint import CheckpointError, load_checkpoint, load_trainable, save_checkpoint
-from model.data import SplitArrays, TrainData, as_tensor
-from model.dora_ast import AdapterSettings, GenreClassifier, build_model
+from genre_sweep.cli import job_main
+from genre_sweep.config import to_json
+from genre_sweep.model.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_trainable,
+    save_checkpoint,
+)
+from genre_sweep.model.configs import TrainConfig
+from genre_sweep.model.data import SplitArrays, TrainData, as_tensor, load_data
+from genre_sweep.model.device import autocast, resolve_device
+from genre_sweep.model.dora_ast import GenreClassifier, build_model
+from genre_sweep.model.export import export_model
+from genre_sweep.model.prefix_cache import check_cache
+from genre_sweep.seeds import stable_seed
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, Any], Path], None]
-
-
-def _f(default: Any, text: str, **extra: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": text, **extra})
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One configuration; the hyperparameter names are method.md's (its best trial is the default)."""
-
-    shards: str = dataclasses.field(metadata={"help": "prepared dataset (folder or s3://)"})
-    out: str = dataclasses.field(metadata={"help": "run folder: config, metrics, checkpoints, best model"})
-    pretrained: str = _f("tiny", "hub id, a local save_pretrained folder, or a named config: tiny, base-random")
-    learning_rate: float = _f(1.32e-4, "peak learning rate")
-    batch_size: int = _f(2, "windows per micro-batch")
-    warmup_ratio: float = _f(0.085, "fraction of optimizer steps of linear warmup")
-    weight_decay: float = _f(0.0676, "AdamW weight decay (not on biases, norms, DoRA magnitudes)")
-    num_train_epochs: int = _f(13, "epochs")
-    encoder_min_layer_to_update: int = _f(10, "lowest encoder layer with a DoRA adapter")
-    encoder_update_rank: int = _f(2, "DoRA rank r")
-    encoder_update_alpha: float = _f(4.25, "DoRA scale alpha (lora_alpha = alpha x r)")
-    classifier_hidden_layer_size: int = _f(200, "hidden size H of the classifier MLP")
-    gradient_accumulation_steps: int = _f(8, "micro-batches per optimizer step")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm")
-    seed: int = _f(0, "seed of the head's init, data order and dropout")
-    device: str = _f("auto", "auto, cpu or cuda[:N]")
-    eval_batch_size: int = _f(64, "windows per validation batch")
-    resume: str | None = _f(None, "checkpoint folder to resume from, or 'auto' for the run's latest (if any)")
-    s3_endpoint: str | None = _f(None, "endpoint of an S3-compatible store")
-    s3_region: str | None = _f(None, "S3 region")
-
-    def __post_init__(self) -> None:
-        check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        check(self.num_train_epochs >= 1, f"num_train_epochs must be >= 1, got {self.num_train_epochs}")
-        check(self.encoder_min_layer_to_update >= 0, "encoder_min_layer_to_update must be >= 0")
-        check(self.encoder_update_rank >= 1, f"encoder_update_rank must be >= 1, got {self.encoder_update_rank}")
-        check(self.encoder_update_alpha > 0, f"encoder_update_alpha must be > 0, got {self.encoder_update_alpha}")
-        check(self.classifier_hidden_layer_size >= 1, "classifier_hidden_layer_size must be >= 1")
-        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
-        check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-
-    @property
-    def adapters(self) -> AdapterSettings:
-        return AdapterSettings(
-            self.encoder_min_layer_to_update,
-            self.encoder_update_rank,
-            self.encoder_update_alpha,
-            self.classifier_hidden_layer_size,
-        )
 
 
 @dataclasses.dataclass
@@ -97,12 +55,6 @@ class TrainResult:
     run_dir: Path
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay on trainable matrices only: not on biases, norms or DoRA magnitude vectors."""
     decay, no_decay = [], []
@@ -111,10 +63,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
             continue
         (no_decay if p.ndim < 2 or "norm" in name or "magnitude" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def logits_from(model: GenreClassifier, x: torch.Tensor, start: int | None) -> torch.Tensor:
@@ -201,8 +149,6 @@ def train(
         config.pretrained, len(data.genres), config.adapters, data.frames, data.mel_bins, seed=config.seed
     ).to(device)
     if data.prefix is not None:
-        from model.prefix_cache import check_cache
-
         check_cache(data.prefix, model, data)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(
@@ -217,8 +163,6 @@ def train(
     best: dict[str, Any] | None = None
     first_epoch = 1
     if config.resume:
-        from model.checkpoint import latest_checkpoint
-
         path = latest_checkpoint(run_dir) if config.resume == "auto" else Path(config.resume)
         if path is not None:
             state = load_checkpoint(path, model, optimizer, scheduler)
@@ -310,34 +254,20 @@ def _prune(run_dir: Path, keep: set[int]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from data.jobs import run_job
-    from data.store import StoreOptions
-    from model.data import load_data
-    from model.dora_ast import ModelError
-    from model.export import export_model
-
-    cfg = parse(
-        TrainConfig,
-        argv,
-        prog="genre-sweep train",
-        description="Train one DoRA-AST configuration on prepared shards and write its run folder.",
+def run(cfg: TrainConfig) -> None:
+    data = load_data(cfg.shards, cfg.options, splits=("train", "val"))
+    result = train(cfg, data)
+    path = export_model(result.model, Path(cfg.out) / "model", data.genres, data.frames, data.mel_bins)
+    log.info(
+        "best epoch %d: val_clip_acc %.3f val_window_acc %.3f; exported model: %s",
+        result.best_epoch,
+        result.best_metrics["val_clip_acc"],
+        result.best_metrics["val_window_acc"],
+        path,
     )
 
-    def body() -> None:
-        data = load_data(cfg.shards, StoreOptions(cfg.s3_endpoint, cfg.s3_region), splits=("train", "val"))
-        result = train(cfg, data)
-        path = export_model(result.model, Path(cfg.out) / "model", data.genres, data.frames, data.mel_bins)
-        log.info(
-            "best epoch %d: val_clip_acc %.3f val_window_acc %.3f; exported model: %s",
-            result.best_epoch,
-            result.best_metrics["val_clip_acc"],
-            result.best_metrics["val_window_acc"],
-            path,
-        )
 
-    return run_job(body, known=(ModelError, CheckpointError))
-
+main = job_main("train")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -56,8 +56,8 @@ def s3_bucket(s3_endpoint, request):
 
 def make_corpus(root: Path, per_genre: int = 2, seconds: float = 11.0, genres=None, fmt: str = "wav") -> Path:
     """A synthetic GTZAN-format corpus in ``root`` (the real generator, tiny settings)."""
-    from data.sources import GTZAN_GENRES
-    from data.synth import SynthConfig, generate
+    from genre_sweep.data.configs import GTZAN_GENRES, SynthConfig
+    from genre_sweep.data.synth import generate
 
     generate(
         SynthConfig(
@@ -94,9 +94,9 @@ def save_small_pretrained(path: Path):
 
 def prepare_small(root: Path, genres: tuple[str, ...], per_genre: int, split: str) -> Path:
     """A generated corpus of 6 s clips prepared into 256-frame windows with one augmentation (real Ray)."""
-    from data.config import resolve
-    from data.pipeline import run_prepare
-    from data.prepare import PrepareConfig
+    from genre_sweep.config import resolve
+    from genre_sweep.data.configs import PrepareConfig
+    from genre_sweep.data.pipeline import run_prepare
 
     corpus = make_corpus(root / "corpus", per_genre=per_genre, seconds=6.0, genres=genres)
     out = root / "shards"

@@ -9,50 +9,34 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import sys
 import uuid
 from typing import Any
 
+import jsonschema
+import ray
 import yaml
 
-from data.config import check, parse
-from data.store import StoreError, StoreOptions, filesystem, join, write_bytes
+from genre_sweep.cli import job_main
+from genre_sweep.data.shards import open_dataset
+from genre_sweep.model.dora_ast import ModelError, backbone_config
+from genre_sweep.store import StoreError, StoreOptions, filesystem, join, write_bytes
+from genre_sweep.tune.configs import PreflightConfig
+from genre_sweep.tune.internals import prepare_cluster_config
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class PreflightConfig:
-    shards: str = dataclasses.field(metadata={"help": "prepared dataset the sweep will read (folder or s3://)"})
-    storage: str = dataclasses.field(metadata={"help": "where the sweep will write (folder or s3://bucket/prefix)"})
-    cluster: str | None = dataclasses.field(default=None, metadata={"help": "cluster config for `ray up`"})
-    pretrained: str = dataclasses.field(default="tiny", metadata={"help": "the model the sweep will train"})
-    cpus_per_trial: float = dataclasses.field(default=1.0, metadata={"help": "CPUs per trial"})
-    gpus_per_trial: float = dataclasses.field(default=0.0, metadata={"help": "GPUs per trial"})
-    ray_address: str | None = dataclasses.field(default=None, metadata={"help": "check this running cluster's nodes"})
-    s3_endpoint: str | None = dataclasses.field(default=None, metadata={"help": "endpoint of an S3-compatible store"})
-    s3_region: str | None = dataclasses.field(default=None, metadata={"help": "S3 region"})
-
-    def __post_init__(self) -> None:
-        check(self.cpus_per_trial > 0 and self.gpus_per_trial >= 0, "trial resources must be positive")
-
-
 def check_cluster_config(path: str) -> dict[str, Any]:
     """The config with Ray's defaults filled in; raises ValueError naming the first schema violation."""
-    import jsonschema
-    from ray.autoscaler._private.commands import prepare_config
-    from ray.autoscaler._private.util import validate_config
-
     try:
         with open(path) as f:
             config = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: cannot read as YAML: {e}") from e
     try:
-        full = prepare_config(copy.deepcopy(config))
-        validate_config(full)
+        full = prepare_cluster_config(copy.deepcopy(config))
     except jsonschema.ValidationError as e:
         where = "/".join(map(str, e.absolute_path)) or "top level"
         raise ValueError(f"{path}: at {where}: {e.message}") from e
@@ -81,19 +65,14 @@ def check_storage_writable(uri: str, options: StoreOptions) -> None:
 
 
 def check_shards_match_model(shards: str, pretrained: str, options: StoreOptions) -> str:
-    from data.shards import open_dataset
-    from model.dora_ast import _backbone_config
-
     ds = open_dataset(shards, options)
-    _backbone_config(pretrained, ds.frames, ds.mel_bins)  # raises ModelError naming the mismatch
+    backbone_config(pretrained, ds.frames, ds.mel_bins)  # raises ModelError naming the mismatch
     return f"{len(ds.genres)} genres, windows of {ds.frames} x {ds.mel_bins} fit {pretrained}"
 
 
 def run_checks(cfg: PreflightConfig) -> list[tuple[str, bool, str]]:
     """(check, passed, detail) for every check; nothing raises."""
-    from model.dora_ast import ModelError
-
-    options = StoreOptions(cfg.s3_endpoint, cfg.s3_region)
+    options = cfg.options
     results: list[tuple[str, bool, str]] = []
     trial = f"{cfg.cpus_per_trial:g} CPU + {cfg.gpus_per_trial:g} GPU"
     if cfg.cluster:
@@ -112,8 +91,6 @@ def run_checks(cfg: PreflightConfig) -> list[tuple[str, bool, str]]:
         except ValueError as e:
             results.append(("cluster config matches Ray's schema", False, str(e)))
     if cfg.ray_address:
-        import ray
-
         ray.init(address=cfg.ray_address)
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         fits = [n for n in nodes if n.get("CPU", 0) >= cfg.cpus_per_trial and n.get("GPU", 0) >= cfg.gpus_per_trial]
@@ -130,11 +107,8 @@ def run_checks(cfg: PreflightConfig) -> list[tuple[str, bool, str]]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    from data.jobs import configure_logging
-
-    cfg = parse(PreflightConfig, argv, prog="genre-sweep preflight", description=__doc__.split("\n\n")[0])
-    configure_logging(logging.WARNING)
+def run(cfg: PreflightConfig) -> int:
+    """Print each check's verdict; exit code 0 when all pass, 2 otherwise."""
     results = run_checks(cfg)
     for name, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}")
@@ -142,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     print("preflight passed" if not failed else f"preflight failed: {failed} of {len(results)} checks")
     return 0 if not failed else 2
 
+
+main = job_main("preflight")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,8 +6,11 @@ where it outlives the cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,95 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
-from data.store import StoreOptions, filesystem, join, write_bytes  # noqa: E402
+from genre_sweep.model.data import TrainData  # noqa: E402
+from genre_sweep.model.evaluate import plot_confusion  # noqa: E402
+from genre_sweep.model.export import export_model  # noqa: E402
+from genre_sweep.store import StoreOptions, filesystem, join, write_bytes  # noqa: E402
+from genre_sweep.tune.configs import RetrainConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BestTrial:
+    """The sweep's best trial: where Tune keeps it, its configuration, and its best epoch's score."""
+
+    path: str
+    config: dict[str, Any]
+    epoch: int
+    metric: str
+    value: float
+
+
+def write_report(
+    cfg: RetrainConfig,
+    results: Any,
+    best: BestTrial,
+    values: dict[str, Any],
+    outcome: dict[str, Any],
+    chosen: dict[str, Any],
+    data: TrainData,
+) -> None:
+    """Write ``<storage>/<name>/report``: the exported model, test metrics, every trial, plots and summary.md.
+
+    ``results`` is Tune's ResultGrid, ``values`` the retrained configuration, ``outcome`` the retrain's
+    per-seed figures and ``chosen`` the best-on-validation seed (its model and test evaluation).
+    """
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.study_url())
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report"
+        report.mkdir()
+        export_model(chosen["model"], report / "model", data.genres, data.frames, data.mel_bins)
+        plot_confusion(
+            np.array(chosen["test"]["confusion"]),
+            list(data.genres),
+            f"test, seed {chosen['seed']}: clip accuracy {chosen['test']['clip_acc']:.3f}",
+            report / "confusion.png",
+        )
+        save_json(report / "test_metrics.json", chosen["test"])
+        save_json(report / "retrain.json", outcome)
+        save_json(
+            report / "best_config.json",
+            {"config": values, "trial": best.path, "epoch": best.epoch, best.metric: best.value},
+        )
+        curves = {}
+        for r in results:
+            df = r.metrics_dataframe
+            if df is None or df.empty:
+                continue
+            pruned = len(df) < r.config.get("num_train_epochs", len(df))
+            curves[Path(r.path).name] = (df["training_iteration"].tolist(), df[cfg.metric].tolist(), pruned)
+        write_csv(trials_table(study), report / "trials.csv")
+        files = ["best_config.json", "trials.csv", "retrain.json", "test_metrics.json", "confusion.png"]
+        notes = []
+        why_not = plot_importances(study, report / "importances.png")
+        if why_not:
+            notes.append(f"no importances.png: {why_not}")
+        else:
+            files.append("importances.png")
+        plot_history(study, report / "history.png", cfg.metric)
+        plot_learning_curves(curves, report / "learning_curves.png", cfg.metric)
+        files += ["history.png", "learning_curves.png", "model/"]
+        counts: dict[str, int] = {}
+        for t in study.trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        summary = summary_markdown(
+            cfg.name,
+            counts,
+            {"metric": best.metric, "value": best.value, "epoch": best.epoch, "config": best.config},
+            outcome,
+            files,
+            cfg.study_url(),
+            notes,
+        )
+        (report / "summary.md").write_text(summary)
+        url = cfg.study_url()
+        if url.startswith("sqlite:///"):  # the study outlives the cluster with the rest of the report
+            shutil.copyfile(url.removeprefix("sqlite:///"), report / "optuna.db")
+        upload(report, cfg.root + "/report", cfg.options)
 
 
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:

@@ -1,21 +1,35 @@
-"""Retrain the sweep's best configuration with several seeds, test each once, export, and write the report."""
+"""``genre-sweep retrain``: the sweep's best configuration retrained with several seeds, each tested once.
+
+Also the sweep's last stage: ``retrain_and_report`` picks the best trial, retrains it on a trial's
+resources (a GPU node on a cluster) and hands the outcome to ``report.write_report``.
+"""
 
 from __future__ import annotations
 
 import logging
-import shutil
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import ray
+from ray import tune
 
-from data.config import resolve
-from model.data import TrainData, load_data
-from model.evaluate import evaluate_split, plot_confusion
-from model.export import export_model
-from model.train import TrainConfig, resolve_device, train
+from genre_sweep.cli import job_main
+from genre_sweep.config import resolve
+from genre_sweep.model.configs import TrainConfig
+from genre_sweep.model.data import TrainData, load_data
+from genre_sweep.model.device import resolve_device
+from genre_sweep.model.evaluate import evaluate_split
+from genre_sweep.model.prefix_cache import build_for
+from genre_sweep.model.train import train
+from genre_sweep.ray_start import init_ray
+from genre_sweep.store import filesystem
+from genre_sweep.tune.configs import RetrainConfig, SweepError
+from genre_sweep.tune.report import BestTrial, write_report
+from genre_sweep.tune.space import load_space
+from genre_sweep.tune.trial import run_trial
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +87,6 @@ def retrain_on_a_trial_node(values: dict[str, Any], data: TrainData, seeds: list
     With ``use_cache`` the frozen layers below the configuration's lowest adapter run once for all seeds.
     """
     if use_cache:
-        from model.prefix_cache import build_for
-
         start = int(values.get("encoder_min_layer_to_update", TrainConfig.encoder_min_layer_to_update))
         data = data.with_prefix(build_for(values["pretrained"], data, start))
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,104 +95,47 @@ def retrain_on_a_trial_node(values: dict[str, Any], data: TrainData, seeds: list
     return outcome
 
 
-def retrain_and_report(cfg: Any, results: Any) -> dict[str, Any]:
-    """After a sweep: retrain the best configuration, then write the report into ``<storage>/<name>/report``."""
-    import optuna
-    import ray
+def load_results(cfg: RetrainConfig) -> tune.ResultGrid:
+    """The ResultGrid of a finished sweep in ``cfg``'s storage."""
+    fs, storage_path = filesystem(cfg.storage, cfg.options)
+    path = storage_path + "/" + cfg.name
+    if not tune.Tuner.can_restore(path, storage_filesystem=fs):
+        raise SweepError(f"no sweep named {cfg.name!r} in {cfg.storage}")
+    return tune.Tuner.restore(path, trainable=run_trial, storage_filesystem=fs).get_results()
 
-    from tune.report import (
-        plot_history,
-        plot_importances,
-        plot_learning_curves,
-        save_json,
-        summary_markdown,
-        trials_table,
-        upload,
-        write_csv,
-    )
-    from tune.space import load_space
 
+def best_trial(cfg: RetrainConfig, results: tune.ResultGrid) -> BestTrial:
+    """The trial with the best epoch of all by ``cfg.metric``, and that epoch."""
     best = results.get_best_result(metric=cfg.metric, mode="max", scope="all")
-    best_df = best.metrics_dataframe
-    best_row = best_df.loc[best_df[cfg.metric].idxmax()]
-    space = load_space(cfg.space)
+    df = best.metrics_dataframe
+    row = df.loc[df[cfg.metric].idxmax()]
+    return BestTrial(
+        path=best.path,
+        config=dict(best.config),
+        epoch=int(row["training_iteration"]),
+        metric=cfg.metric,
+        value=float(row[cfg.metric]),
+    )
+
+
+def retrain_and_report(cfg: RetrainConfig, results: tune.ResultGrid) -> dict[str, Any]:
+    """After a sweep: retrain the best configuration on a trial's resources, then write the report."""
+    best = best_trial(cfg, results)
     values = {
         "shards": cfg.shards,
         "pretrained": cfg.pretrained,
         "device": "auto",
         "s3_endpoint": cfg.s3_endpoint,
         "s3_region": cfg.s3_region,
-        **space.fixed,
+        **load_space(cfg.space).fixed,
         **best.config,
     }
     data = load_data(cfg.shards, cfg.options, splits=("train", "val", "test"))
-    study = optuna.load_study(study_name=cfg.name, storage=cfg.study_url())
-
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report"
-        report.mkdir()
-        task = ray.remote(retrain_on_a_trial_node).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
-        seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
-        outcome = ray.get(task.remote(values, data, seeds, cfg.prefix_cache))
-        chosen = outcome.pop("chosen")
-        export_model(chosen["model"], report / "model", data.genres, data.frames, data.mel_bins)
-        plot_confusion(
-            np.array(chosen["test"]["confusion"]),
-            list(data.genres),
-            f"test, seed {chosen['seed']}: clip accuracy {chosen['test']['clip_acc']:.3f}",
-            report / "confusion.png",
-        )
-        save_json(report / "test_metrics.json", chosen["test"])
-        save_json(report / "retrain.json", outcome)
-        save_json(
-            report / "best_config.json",
-            {
-                "config": values,
-                "trial": best.path,
-                "epoch": int(best_row["training_iteration"]),
-                cfg.metric: float(best_row[cfg.metric]),
-            },
-        )
-        curves = {}
-        for r in results:
-            df = r.metrics_dataframe
-            if df is None or df.empty:
-                continue
-            pruned = len(df) < r.config.get("num_train_epochs", len(df))
-            curves[Path(r.path).name] = (df["training_iteration"].tolist(), df[cfg.metric].tolist(), pruned)
-        write_csv(trials_table(study), report / "trials.csv")
-        files = ["best_config.json", "trials.csv", "retrain.json", "test_metrics.json", "confusion.png"]
-        notes = []
-        why_not = plot_importances(study, report / "importances.png")
-        if why_not:
-            notes.append(f"no importances.png: {why_not}")
-        else:
-            files.append("importances.png")
-        plot_history(study, report / "history.png", cfg.metric)
-        plot_learning_curves(curves, report / "learning_curves.png", cfg.metric)
-        files += ["history.png", "learning_curves.png", "model/"]
-        counts: dict[str, int] = {}
-        for t in study.trials:
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        summary = summary_markdown(
-            cfg.name,
-            counts,
-            {
-                "metric": cfg.metric,
-                "value": float(best_row[cfg.metric]),
-                "epoch": int(best_row["training_iteration"]),
-                "config": best.config,
-            },
-            outcome,
-            files,
-            cfg.study_url(),
-            notes,
-        )
-        (report / "summary.md").write_text(summary)
-        url = cfg.study_url()
-        if url.startswith("sqlite:///"):  # the study outlives the cluster with the rest of the report
-            shutil.copyfile(url.removeprefix("sqlite:///"), report / "optuna.db")
-        upload(report, cfg.root + "/report", cfg.options)
+    task = ray.remote(retrain_on_a_trial_node).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
+    seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
+    outcome = ray.get(task.remote(values, data, seeds, cfg.prefix_cache))
+    chosen = outcome.pop("chosen")  # the best-on-validation seed: its model and test evaluation
+    write_report(cfg, results, best, values, outcome, chosen, data)
     log.info(
         "report written to %s/report: test clip accuracy %.4f ± %.4f over %d seeds",
         cfg.root,
@@ -195,13 +150,12 @@ def retrain_and_report(cfg: Any, results: Any) -> dict[str, Any]:
     return outcome
 
 
-def main(argv: list[str] | None = None) -> int:
-    from tune.sweep import retrain_main
+def run(cfg: RetrainConfig) -> None:
+    init_ray(cfg.ray_address)
+    retrain_and_report(cfg, load_results(cfg))
 
-    return retrain_main(argv)
 
+main = job_main("retrain")
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from data.store import StoreOptions, filesystem, write_bytes
+from genre_sweep.store import StoreOptions, filesystem, write_bytes
+from genre_sweep.tune import internals
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,20 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._best[trial_id] = max(value, self._best.get(trial_id, value))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if error or not result or trial_id not in self._ot_trials or trial_id in self._completed_trials:
+        ot_trial, completed = internals.optuna_trial(self, trial_id), internals.completed_trials(self)
+        if error or not result or ot_trial is None or trial_id in completed:
             super().on_trial_complete(trial_id, result, error)
             return
-        ot_trial, done, value = self._ot_trials[trial_id], result.get("training_iteration", 0), result.get(self.metric)
+        done, value = result.get("training_iteration", 0), result.get(self.metric)
         if value is not None:
             ot_trial.report(value, done)  # the last epoch: Tune passes it here, not to on_trial_result
             self._best[trial_id] = max(value, self._best.get(trial_id, value))
+        study = internals.optuna_study(self)
         if done < self._planned.get(trial_id, done):
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            study.tell(ot_trial, state=TrialState.PRUNED)
         else:  # a trial's score is its best epoch, the one training keeps
-            self._ot_study.tell(ot_trial, self._best.get(trial_id))
-        self._completed_trials.add(trial_id)
+            study.tell(ot_trial, self._best.get(trial_id))
+        completed.add(trial_id)
 
 
 class PersistentASHA(ASHAScheduler):
@@ -81,27 +84,30 @@ class PersistentASHA(ASHAScheduler):
                 state = json.loads(f.read())
         except FileNotFoundError:
             return False
-        if len(state["rungs"]) != len(self._brackets):
+        brackets = internals.asha_brackets(self)
+        if len(state["rungs"]) != len(brackets):
             raise ValueError(f"{self._state_uri}: saved ASHA state has another bracket count")
-        for bracket, rungs in zip(self._brackets, state["rungs"], strict=True):
-            saved = {float(m): recorded for m, recorded in rungs}
-            bracket._rungs = [(m, dict(saved.get(float(m), {}))) for m, _ in bracket._rungs]
+        for bracket, rungs in zip(brackets, state["rungs"], strict=True):
+            internals.set_bracket_rungs(bracket, {float(m): recorded for m, recorded in rungs})
         self._saved_brackets = state["trial_bracket"]
         log.info("ASHA state restored from %s (%d trials)", self._state_uri, len(self._saved_brackets))
         return True
 
     def _save(self) -> None:
-        index = {id(b): i for i, b in enumerate(self._brackets)}
+        brackets = internals.asha_brackets(self)
+        index = {id(b): i for i, b in enumerate(brackets)}
+        assigned = {tid: index[id(b)] for tid, b in internals.trial_brackets(self).items()}
         state = {
-            "rungs": [[[m, recorded] for m, recorded in b._rungs] for b in self._brackets],
-            "trial_bracket": {**self._saved_brackets, **{tid: index[id(b)] for tid, b in self._trial_info.items()}},
+            "rungs": [[[m, recorded] for m, recorded in internals.bracket_rungs(b)] for b in brackets],
+            "trial_bracket": {**self._saved_brackets, **assigned},
         }
         fs, path = filesystem(self._state_uri, self._options)
         write_bytes(fs, path, json.dumps(state).encode())
 
     def on_trial_add(self, tune_controller, trial) -> None:
         if trial.trial_id in self._saved_brackets:
-            self._trial_info[trial.trial_id] = self._brackets[self._saved_brackets[trial.trial_id]]
+            bracket = internals.asha_brackets(self)[self._saved_brackets[trial.trial_id]]
+            internals.trial_brackets(self)[trial.trial_id] = bracket
             return
         super().on_trial_add(tune_controller, trial)
         self._save()

@@ -8,14 +8,12 @@ held constant in every trial, e.g. ``gradient_accumulation_steps: 1``).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import optuna.distributions as od
-import yaml
 
-from data.config import ConfigError
-from model.train import TrainConfig
+from genre_sweep.config import ConfigError, load_yaml
+from genre_sweep.model.configs import TrainConfig
 
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": "float", "low": 5e-6, "high": 5e-4, "log": True},
@@ -74,15 +72,20 @@ def load_space(path: str | None) -> SearchSpace:
     params = {k: dict(v) for k, v in DEFAULT_SPACE.items()}
     fixed: dict[str, Any] = {}
     if path:
-        if not Path(path).is_file():
-            raise ConfigError(f"--space {path}: no such file")
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        loaded = load_yaml(path, "--space") or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--space {path}: expected a mapping with sections space: and fixed:")
         unknown_sections = set(loaded) - {"space", "fixed"}
         if unknown_sections:
             raise ConfigError(f"--space {path}: unknown section(s) {sorted(unknown_sections)}; use space: and fixed:")
+        for section in ("space", "fixed"):
+            if not isinstance(loaded.get(section) or {}, dict):
+                raise ConfigError(f"--space {path}: section {section}: must be a mapping of name: value")
         for name, spec in (loaded.get("space") or {}).items():
             if spec is None:
                 params.pop(name, None)
+            elif not isinstance(spec, dict):
+                raise ConfigError(f"--space {path}: {name}: expected {{type: ..., low/high or choices}}, got {spec!r}")
             else:
                 params[name] = spec
         fixed = dict(loaded.get("fixed") or {})

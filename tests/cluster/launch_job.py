@@ -13,8 +13,9 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from data.config import resolve
-from tune.launch import LaunchConfig, launch
+from genre_sweep.config import resolve
+from genre_sweep.tune.configs import LaunchConfig
+from genre_sweep.tune.launch import launch
 
 cluster_yaml, corpus, bucket, space, project = sys.argv[1:6]
 

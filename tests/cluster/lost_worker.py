@@ -15,10 +15,11 @@ import optuna
 import ray
 from ray.cluster_utils import Cluster
 
-from data.config import resolve
-from data.pipeline import run_prepare
-from data.prepare import PrepareConfig
-from tune.sweep import SweepConfig, run_sweep
+from genre_sweep.config import resolve
+from genre_sweep.data.configs import PrepareConfig
+from genre_sweep.data.pipeline import run_prepare
+from genre_sweep.tune.configs import SweepConfig
+from genre_sweep.tune.sweep import run_sweep
 
 corpus, work, space = sys.argv[1:4]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})

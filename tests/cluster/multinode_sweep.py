@@ -10,8 +10,9 @@ import sys
 import ray
 from ray.cluster_utils import Cluster
 
-from data.config import resolve
-from tune.sweep import SweepConfig, run_sweep
+from genre_sweep.config import resolve
+from genre_sweep.tune.configs import SweepConfig
+from genre_sweep.tune.sweep import run_sweep
 
 shards, storage, space = sys.argv[1:4]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data.audio import AudioError, load_clip
+from genre_sweep.data.audio import AudioError, load_clip
 
 
 def _encode(wave: np.ndarray, sr: int, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:

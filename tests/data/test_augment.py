@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from data.augment import EFFECTS, augment, draw_params, echo, tempo
+from genre_sweep.data.augment import augment, draw_params, echo, tempo
+from genre_sweep.data.configs import EFFECTS
 
 SR = 16000
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from transformers import ASTFeatureExtractor
 
-from data.features import FRAME_SHIFT, SAMPLE_RATE, clip_windows, window_starts
+from genre_sweep.data.features import FRAME_SHIFT, SAMPLE_RATE, clip_windows, window_starts
 
 
 def _wave(seconds: float, seed: int = 0) -> np.ndarray:

@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from data.audio import load_clip
-from data.config import resolve
-from data.features import clip_windows
-from data.pipeline import PrepareError, run_prepare
-from data.prepare import PrepareConfig
-from data.shards import features_array, open_dataset
-from data.store import StoreError
+from genre_sweep.config import resolve
+from genre_sweep.data.audio import load_clip
+from genre_sweep.data.configs import PrepareConfig
+from genre_sweep.data.features import clip_windows
+from genre_sweep.data.pipeline import PrepareError, run_prepare
+from genre_sweep.data.shards import features_array, open_dataset
+from genre_sweep.store import StoreError
 from tests.conftest import make_corpus
 
 GENRES = ("blues", "jazz", "metal")

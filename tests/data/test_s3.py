@@ -5,13 +5,13 @@ import logging
 import boto3
 import pytest
 
-from data.config import resolve
-from data.pipeline import run_prepare
-from data.prepare import PrepareConfig
-from data.prepare import main as prepare_main
-from data.shards import open_dataset
-from data.sources import discover
-from data.store import StoreError, StoreOptions
+from genre_sweep.config import resolve
+from genre_sweep.data.configs import PrepareConfig
+from genre_sweep.data.pipeline import run_prepare
+from genre_sweep.data.prepare import main as prepare_main
+from genre_sweep.data.shards import open_dataset
+from genre_sweep.data.sources import discover
+from genre_sweep.store import StoreError, StoreOptions
 from tests.conftest import FAKE_SECRET, make_corpus
 
 

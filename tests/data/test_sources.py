@@ -2,8 +2,9 @@ from collections import Counter
 
 import pytest
 
-from data.sources import GTZAN_GENRES, Track, discover, split_tracks
-from data.store import StoreError, StoreOptions
+from genre_sweep.data.configs import GTZAN_GENRES
+from genre_sweep.data.sources import Track, discover, split_tracks
+from genre_sweep.store import StoreError, StoreOptions
 
 
 def _touch(path, data=b"x"):

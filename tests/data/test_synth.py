@@ -4,9 +4,10 @@ import io
 import numpy as np
 import soundfile as sf
 
-from data.audio import load_clip
-from data.features import clip_windows
-from data.synth import STYLES, SynthConfig, clip_bytes
+from genre_sweep.data.audio import load_clip
+from genre_sweep.data.configs import SynthConfig
+from genre_sweep.data.features import clip_windows
+from genre_sweep.data.synth import STYLES, clip_bytes
 
 
 def test_the_same_seed_gives_the_same_file_and_another_seed_does_not():
@@ -44,3 +45,9 @@ def test_genres_are_learnable_from_spectra_but_vary_within_a_genre():
     assert hits / len(test) >= 0.4  # chance is 0.1
     a, b = spectrum("pop", 0), spectrum("pop", 1)
     assert np.linalg.norm(a - b) > 0.01  # clips of a genre differ
+
+
+def test_every_genre_synth_accepts_has_a_style():
+    from genre_sweep.data.configs import GTZAN_GENRES
+
+    assert set(STYLES) == set(GTZAN_GENRES)  # SynthConfig validates genres against GTZAN_GENRES

@@ -1,8 +1,8 @@
 import pytest
 
-from data.config import resolve
-from model.data import load_data
-from model.train import TrainConfig
+from genre_sweep.config import resolve
+from genre_sweep.model.configs import TrainConfig
+from genre_sweep.model.data import load_data
 from tests.conftest import prepare_small
 
 GENRES = ("blues", "classical", "metal", "reggae")

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from model.dora_ast import AdapterSettings, ModelError, _backbone_config, _load_backbone, build_model
+from genre_sweep.model.configs import AdapterSettings
+from genre_sweep.model.dora_ast import ModelError, _load_backbone, backbone_config, build_model
 from tests.conftest import save_small_pretrained
 
 
@@ -27,7 +28,7 @@ def test_dora_scale_is_alpha():
 
 def test_at_initialisation_dora_leaves_the_frozen_models_hidden_states_unchanged():
     model = _tiny(min_layer=8, rank=2)
-    plain, _ = _load_backbone(*_backbone_config("tiny", 256, 128))
+    plain, _ = _load_backbone(*backbone_config("tiny", 256, 128))
     x = torch.randn(3, 256, 128)
     with torch.no_grad():
         torch.testing.assert_close(model.backbone(x).last_hidden_state, plain(x).last_hidden_state, rtol=0, atol=1e-6)

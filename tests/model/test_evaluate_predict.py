@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from model.evaluate import main as evaluate_main
-from model.export import export_model
-from model.predict import main as predict_main
-from model.predict import vote
-from model.train import train
+from genre_sweep.model.evaluate import main as evaluate_main
+from genre_sweep.model.export import export_model
+from genre_sweep.model.predict import main as predict_main
+from genre_sweep.model.predict import vote
+from genre_sweep.model.train import train
 from tests.model.conftest import quick_config
 
 

@@ -5,9 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from model.dora_ast import AdapterSettings, build_model
-from model.prefix_cache import CacheMismatch, build_cache, check_cache
-from model.train import predict_logits, split_inputs, train
+from genre_sweep.model.configs import AdapterSettings
+from genre_sweep.model.dora_ast import build_model
+from genre_sweep.model.prefix_cache import CacheMismatch, build_cache, check_cache
+from genre_sweep.model.train import predict_logits, split_inputs, train
 from tests.model.conftest import quick_config
 
 CPU = torch.device("cpu")

@@ -6,10 +6,10 @@ import numpy as np
 import ray
 import soundfile as sf
 
-from model.data import share
-from model.export import export_model
-from model.predict import main as predict_main
-from model.train import train
+from genre_sweep.model.data import share
+from genre_sweep.model.export import export_model
+from genre_sweep.model.predict import main as predict_main
+from genre_sweep.model.train import train
 from tests.model.conftest import quick_config
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, load_trainable
-from model.export import export_model, load_exported
-from model.train import predict_logits, train
+from genre_sweep.model.checkpoint import CheckpointError, load_trainable
+from genre_sweep.model.export import export_model, load_exported
+from genre_sweep.model.train import predict_logits, train
 from tests.model.conftest import quick_config
 
 

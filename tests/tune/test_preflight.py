@@ -4,9 +4,10 @@ from pathlib import Path
 
 import yaml
 
+from genre_sweep.tune.configs import PreflightConfig
+from genre_sweep.tune.preflight import check_cluster_config, run_checks
+from genre_sweep.tune.preflight import main as preflight_main
 from tests.conftest import save_small_pretrained
-from tune.preflight import PreflightConfig, check_cluster_config, run_checks
-from tune.preflight import main as preflight_main
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
 
@@ -77,7 +78,7 @@ def test_a_trial_no_node_type_can_hold_fails_preflight(sweep_shards, tmp_path):
 
 
 def test_launch_without_a_reachable_dashboard_says_how_to_get_one(tmp_path, capsys):
-    from tune.launch import main as launch_main
+    from genre_sweep.tune.launch import main as launch_main
 
     code = launch_main(
         [
@@ -97,7 +98,7 @@ def test_launch_without_a_reachable_dashboard_says_how_to_get_one(tmp_path, caps
 
 
 def test_launch_refuses_a_trial_no_node_type_can_hold(tmp_path, capsys):
-    from tune.launch import main as launch_main
+    from genre_sweep.tune.launch import main as launch_main
 
     code = launch_main(
         ["--cluster", str(CLUSTER), "--source", str(tmp_path), "--bucket", str(tmp_path / "b"), "--gpus-per-trial", "4"]

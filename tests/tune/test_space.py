@@ -1,8 +1,8 @@
 import optuna.distributions as od
 import pytest
 
-from data.config import ConfigError
-from tune.space import DEFAULT_SPACE, load_space
+from genre_sweep.config import ConfigError
+from genre_sweep.tune.space import DEFAULT_SPACE, load_space
 
 
 def test_the_default_space_is_method_md_nine_hyperparameters():

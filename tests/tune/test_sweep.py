@@ -5,11 +5,12 @@ import json
 import optuna
 import pytest
 
-from data.config import resolve
-from model.data import load_data
-from tune.retrain import retrain
-from tune.sweep import SweepConfig, SweepError, run_sweep
-from tune.sweep import main as sweep_main
+from genre_sweep.config import resolve
+from genre_sweep.model.data import load_data
+from genre_sweep.tune.configs import SweepConfig, SweepError
+from genre_sweep.tune.retrain import retrain
+from genre_sweep.tune.sweep import main as sweep_main
+from genre_sweep.tune.sweep import run_sweep
 
 
 def sweep_args(shards, storage, name: str, space, trials: int, *more: str) -> list[str]:
@@ -141,7 +142,7 @@ def test_a_killed_sweep_resumes_and_finishes_keeping_every_finished_trial(sweep_
         }
 
     driver = subprocess.Popen(
-        [sys.executable, "-m", "tune.sweep", *args],
+        [sys.executable, "-m", "genre_sweep.tune.sweep", *args],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -202,11 +203,12 @@ def test_a_sweep_on_s3_storage_leaves_trials_report_and_study_in_the_bucket(
 
 
 def test_retrain_runs_on_its_own_after_a_sweep_without_retrain(sweep_shards, quick_space, tmp_path):
-    from tune.retrain import main as retrain_cli
+    from genre_sweep.tune.retrain import main as retrain_cli
 
     args = sweep_args(sweep_shards, tmp_path, "nr", quick_space, 2, "--retrain-seeds", "1")
     assert sweep_main([*args, "--no-retrain"]) == 0
     assert not (tmp_path / "nr" / "report").exists()
+    args = args[:8] + args[10:]  # the same flags less --trials: retrain takes no search settings
     assert retrain_cli(args) == 0
     assert (tmp_path / "nr" / "report" / "summary.md").exists()
     assert retrain_cli([*args[:4], "--name", "nothing-here"]) == 2

@@ -15,10 +15,13 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from genre_sweep.config import field
+from genre_sweep.errors import GenreSweepError
+
 log = logging.getLogger(__name__)
 
 
-class StoreError(RuntimeError):
+class StoreError(GenreSweepError, RuntimeError):
     """A store can't be reached, read or written; the message names the location."""
 
 
@@ -28,6 +31,18 @@ class StoreOptions:
 
     endpoint: str | None = None
     region: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StoreFlags:
+    """The storage flags every job that reads or writes a store takes: declared once, here."""
+
+    s3_endpoint: str | None = field(None, "endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000")
+    s3_region: str | None = field(None, "S3 region (else from the AWS config)")
+
+    @property
+    def options(self) -> StoreOptions:
+        return StoreOptions(self.s3_endpoint, self.s3_region)
 
 
 def is_s3(uri: str) -> bool:

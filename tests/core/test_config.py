@@ -1,7 +1,7 @@
 import pytest
 
-from data.config import ConfigError, resolve
-from data.prepare import PrepareConfig
+from genre_sweep.config import ConfigError, resolve
+from genre_sweep.data.configs import PrepareConfig
 
 
 def test_flags_override_the_yaml_file_which_overrides_defaults(tmp_path):

@@ -1,0 +1,101 @@
+"""The model jobs' configs (train, evaluate, predict) and the adapter settings: light, read by ``--help``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from genre_sweep.config import check, field
+from genre_sweep.store import StoreFlags
+
+# The checkpoint real runs fine-tune (method.md); tests and the demo use named random configs instead.
+HUB_DEFAULT = "MIT/ast-finetuned-audioset-10-10-0.4593"
+DEVICE_HELP = "auto, cpu or cuda[:N]"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSettings:
+    min_layer: int = 10
+    rank: int = 2
+    alpha: float = 4.25
+    hidden: int = 200  # classifier MLP hidden size H
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(StoreFlags):
+    """Train one DoRA-AST configuration on prepared shards and write its run folder: config.json, metrics.jsonl,
+    checkpoints/, best/ and model/ (the exported best epoch). The hyperparameter names are method.md's, and
+    its best trial is the default."""
+
+    shards: str = field(help="prepared dataset (folder or s3://)")
+    out: str = field(help="run folder: config, metrics, checkpoints, best model")
+    pretrained: str = field("tiny", "hub id, a local save_pretrained folder, or a named config: tiny, base-random")
+    learning_rate: float = field(1.32e-4, "peak learning rate")
+    batch_size: int = field(2, "windows per micro-batch")
+    warmup_ratio: float = field(0.085, "fraction of optimizer steps of linear warmup")
+    weight_decay: float = field(0.0676, "AdamW weight decay (not on biases, norms, DoRA magnitudes)")
+    num_train_epochs: int = field(13, "epochs")
+    encoder_min_layer_to_update: int = field(10, "lowest encoder layer with a DoRA adapter")
+    encoder_update_rank: int = field(2, "DoRA rank r")
+    encoder_update_alpha: float = field(4.25, "DoRA scale alpha (lora_alpha = alpha x r)")
+    classifier_hidden_layer_size: int = field(200, "hidden size H of the classifier MLP")
+    gradient_accumulation_steps: int = field(8, "micro-batches per optimizer step")
+    max_grad_norm: float = field(1.0, "gradient clipping norm")
+    seed: int = field(0, "seed of the head's init, data order and dropout")
+    device: str = field("auto", DEVICE_HELP)
+    eval_batch_size: int = field(64, "windows per validation batch")
+    resume: str | None = field(None, "checkpoint folder to resume from, or 'auto' for the run's latest (if any)")
+
+    def __post_init__(self) -> None:
+        check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.num_train_epochs >= 1, f"num_train_epochs must be >= 1, got {self.num_train_epochs}")
+        check(self.encoder_min_layer_to_update >= 0, "encoder_min_layer_to_update must be >= 0")
+        check(self.encoder_update_rank >= 1, f"encoder_update_rank must be >= 1, got {self.encoder_update_rank}")
+        check(self.encoder_update_alpha > 0, f"encoder_update_alpha must be > 0, got {self.encoder_update_alpha}")
+        check(self.classifier_hidden_layer_size >= 1, "classifier_hidden_layer_size must be >= 1")
+        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
+        check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+
+    @property
+    def adapters(self) -> AdapterSettings:
+        return AdapterSettings(
+            self.encoder_min_layer_to_update,
+            self.encoder_update_rank,
+            self.encoder_update_alpha,
+            self.classifier_hidden_layer_size,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig(StoreFlags):
+    """Evaluate an exported model on one split of a prepared dataset: window and clip accuracy, per-genre
+    precision, recall and F1, and the clip-level confusion matrix (metrics.json, confusion.json, confusion.png)."""
+
+    model: str = field(help="exported model folder (a run's model/)")
+    shards: str = field(help="prepared dataset (folder or s3://)")
+    out: str = field(help="folder for metrics.json, confusion.json, confusion.png")
+    split: str = field("test", "split to evaluate", choices=["train", "val", "test"])
+    batch_size: int = field(64, "windows per batch")
+    device: str = field("auto", DEVICE_HELP)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig(StoreFlags):
+    """Predict each song's genre with an exported model: K seeded windows per song, a majority vote, and the
+    mean probability of the winning genre as confidence. Writes a table, predictions.csv and .json."""
+
+    inputs: str = field(help="an audio file, a folder, or an s3:// prefix (also positional)")
+    model: str = field(help="exported model folder")
+    windows: int = field(20, "windows per song (K)")
+    seed: int = field(0, "seed of the window positions")
+    out: str = field("predictions.csv", "CSV to write (a .json beside it)")
+    batch_size: int = field(32, "windows per forward pass")
+    device: str = field("auto", DEVICE_HELP)
+    ray_threshold: int = field(16, "songs from which Ray Data is used")
+    ray_address: str | None = field(None, "Ray cluster address; local Ray when unset")
+
+    def __post_init__(self) -> None:
+        check(self.windows >= 1, f"windows must be >= 1, got {self.windows}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")

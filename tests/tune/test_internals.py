@@ -1,0 +1,66 @@
+"""The adapter over Ray's and Optuna's private attributes, against the installed versions, in a second each."""
+
+import copy
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from genre_sweep.errors import GenreSweepError
+from genre_sweep.tune import internals
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
+
+
+def test_optuna_search_exposes_its_study_trials_and_completed_set():
+    searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max", seed=0)
+    assert searcher.suggest("t1") is not None
+    assert isinstance(internals.optuna_study(searcher), optuna.Study)
+    trial = internals.optuna_trial(searcher, "t1")
+    assert isinstance(trial, optuna.Trial) and "x" in trial.params
+    assert internals.optuna_trial(searcher, "never-asked") is None
+    assert internals.completed_trials(searcher) == set()
+
+
+def test_asha_rungs_round_trip_and_trials_map_to_brackets():
+    asha = ASHAScheduler(metric="m", mode="max", max_t=9, grace_period=1, reduction_factor=3)
+    brackets = internals.asha_brackets(asha)
+    assert brackets and internals.trial_brackets(asha) == {}
+    rungs = internals.bracket_rungs(brackets[0])
+    milestones = [m for m, _ in rungs]
+    assert milestones == sorted(milestones, reverse=True) and all(r == {} for _, r in rungs)
+    internals.set_bracket_rungs(brackets[0], {float(milestones[-1]): {"t1": 0.5}})
+    assert internals.bracket_rungs(brackets[0])[-1] == (milestones[-1], {"t1": 0.5})
+    internals.trial_brackets(asha)["t1"] = brackets[0]
+    assert internals.trial_brackets(asha)["t1"] is brackets[0]
+
+
+def test_a_restored_tuner_takes_a_new_scheduler(tmp_path):
+    tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(storage_path=str(tmp_path), name="t"))
+    asha = ASHAScheduler(metric="m", mode="max", max_t=3)
+    internals.set_restored_scheduler(tuner, asha)
+    assert internals.restored_scheduler(tuner) is asha
+
+
+def test_the_cluster_config_is_prepared_and_validated_offline():
+    raw = yaml.safe_load(CLUSTER.read_text())
+    full = internals.prepare_cluster_config(copy.deepcopy(raw))
+    assert full["available_node_types"]["gpu_worker"]["resources"]["GPU"] >= 1
+    raw["available_node_types"]["gpu_worker"]["min_wrkers"] = 0
+    with pytest.raises(Exception, match="min_wrkers"):
+        internals.prepare_cluster_config(raw)
+
+
+def test_a_missing_or_reshaped_attribute_is_named_in_one_clear_error():
+    class Upgraded:  # what an OptunaSearch or ASHAScheduler would look like after a breaking upgrade
+        _brackets = {"not": "a list"}
+
+    with pytest.raises(internals.LibraryChanged, match=r"Upgraded\._ot_study is gone .*internals\.py"):
+        internals.optuna_study(Upgraded())
+    with pytest.raises(internals.LibraryChanged, match=r"Upgraded\._brackets is a dict, not the list"):
+        internals.asha_brackets(Upgraded())
+    assert issubclass(internals.LibraryChanged, GenreSweepError)  # the job runner prints it as one line

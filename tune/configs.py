@@ -1,0 +1,142 @@
+"""The tune jobs' configs (retrain, sweep, preflight, launch) and the sweep's error: light, read by ``--help``.
+
+``SweepConfig`` extends ``RetrainConfig``: a retrain takes exactly the settings that pick, train and test
+the best configuration of a finished sweep, and a sweep adds the search's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from genre_sweep.config import check, field
+from genre_sweep.errors import GenreSweepError
+from genre_sweep.model.configs import HUB_DEFAULT
+from genre_sweep.store import StoreFlags, is_s3
+
+
+class SweepError(GenreSweepError, RuntimeError):
+    """The sweep can't run as asked; the message says why and what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainConfig(StoreFlags):
+    """Retrain a finished sweep's best configuration with several seeds (best epoch on validation), test each
+    once, export the best seed's model and write the report into <storage>/<name>/report."""
+
+    shards: str = field(help="prepared dataset (folder or s3://)")
+    storage: str = field(help="folder or s3://bucket/prefix for trials, study and report")
+    name: str = field("sweep", "experiment name: results go to <storage>/<name>")
+    pretrained: str = field("tiny", "hub id, local folder, or named config (tiny, base-random)")
+    space: str | None = field(None, "YAML file changing the search space (sections space: and fixed:)")
+    metric: str = field("val_clip_acc", "validation metric to maximise")
+    seed: int = field(0, "seed of TPE, of the trials and of the first retrain")
+    study_storage: str | None = field(None, "SQLAlchemy URL of the Optuna study; unset: SQLite beside the results")
+    cpus_per_trial: float = field(1.0, "CPUs reserved per trial (and by the retrain)")
+    gpus_per_trial: float = field(0.0, "GPUs per trial; fractions pack several trials on one GPU")
+    prefix_cache: bool = field(
+        True, "compute the frozen layers' output once (below the space's lowest adapter) and start every trial there"
+    )
+    retrain_seeds: int = field(3, "seeds of the best-config retrain")
+    ray_address: str | None = field(None, "Ray cluster address; local Ray when unset")
+
+    def __post_init__(self) -> None:
+        check(self.cpus_per_trial > 0, f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        check(self.gpus_per_trial >= 0, f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
+        check(self.retrain_seeds >= 1, f"retrain_seeds must be >= 1, got {self.retrain_seeds}")
+        check(bool(self.name) and "/" not in self.name, f"name must be a plain folder name, got {self.name!r}")
+        # The space file is checked now, so a bad one costs a second, not a cluster start. Imported here
+        # because the space module needs Optuna, which `--help` should not pay for.
+        from genre_sweep.tune.space import load_space
+
+        load_space(self.space)
+
+    @property
+    def root(self) -> str:
+        return self.storage.rstrip("/") + "/" + self.name
+
+    def study_url(self) -> str:
+        if self.study_storage:
+            return self.study_storage
+        local = Path(self.storage) if not is_s3(self.storage) else Path("genre-sweep-studies")
+        local = local.resolve() / self.name if not is_s3(self.storage) else local.resolve()
+        local.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{local / ('optuna.db' if not is_s3(self.storage) else self.name + '.db')}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig(RetrainConfig):
+    """Search the DoRA-AST hyperparameters with Ray Tune, Optuna's TPE and ASHA by epoch, then retrain the best
+    configuration, test it and write the report. --resume finishes an interrupted sweep."""
+
+    trials: int = field(35, "number of trials")
+    max_concurrent_trials: int | None = field(None, "trials at once; unset: what the cluster's CPUs and GPUs hold")
+    grace_period: int = field(1, "ASHA: epochs before a trial can be stopped")
+    reduction_factor: float = field(3.0, "ASHA: keep the top 1/reduction_factor at each rung")
+    max_t: int | None = field(None, "ASHA: most epochs; unset: the largest epoch count in the space")
+    max_failures: int = field(2, "retries of a crashed trial")
+    resume: bool = field(False, "finish an interrupted sweep of the same name")
+    retrain: bool = field(True, "retrain the best configuration, test it and write the report at the end")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.trials >= 1, f"trials must be >= 1, got {self.trials}")
+        check(self.grace_period >= 1, f"grace_period must be >= 1, got {self.grace_period}")
+        check(self.reduction_factor > 1, f"reduction_factor must be > 1, got {self.reduction_factor}")
+        check(
+            self.max_concurrent_trials is None or self.max_concurrent_trials >= 1, "max_concurrent_trials must be >= 1"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PreflightConfig(StoreFlags):
+    """The checks to pass before paying for a cluster run, each with its verdict: the cluster config against
+    Ray's schema (offline), a node type able to hold one trial, the storage writable, the shards fitting the model."""
+
+    shards: str = field(help="prepared dataset the sweep will read (folder or s3://)")
+    storage: str = field(help="where the sweep will write (folder or s3://bucket/prefix)")
+    cluster: str | None = field(None, "cluster config for `ray up`")
+    pretrained: str = field("tiny", "the model the sweep will train")
+    cpus_per_trial: float = field(1.0, "CPUs per trial")
+    gpus_per_trial: float = field(0.0, "GPUs per trial")
+    ray_address: str | None = field(None, "check this running cluster's nodes")
+
+    def __post_init__(self) -> None:
+        check(self.cpus_per_trial > 0 and self.gpus_per_trial >= 0, "trial resources must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig(StoreFlags):
+    """Submit prepare -> sweep -> retrain as one Ray job to a cluster started with `ray up`, after preflight's
+    cluster and storage checks; prints the job id and how to follow it (logs, dashboard, TensorBoard, optuna)."""
+
+    cluster: str = field(help="the cluster config given to `ray up`")
+    source: str = field(help="audio source: GTZAN-style folder or manifest (s3://)")
+    bucket: str = field(help="s3://bucket/prefix: shards go to <bucket>/shards, sweeps to <bucket>/sweeps")
+    name: str = field("sweep", "sweep name")
+    pretrained: str = field(HUB_DEFAULT, "model: hub id or folder on the nodes")
+    trials: int = field(35, "trials")
+    cpus_per_trial: float = field(4.0, "CPUs per trial")
+    gpus_per_trial: float = field(0.5, "GPUs per trial")
+    address: str = field("http://127.0.0.1:8265", "Ray dashboard (`ray dashboard cluster.yaml` forwards it here)")
+    project_dir: str = field("/home/ray/genre-sweep", "where cluster.yaml's file_mounts put this project")
+    python: str = field("python", "the nodes' Python with this project installed")
+    study_storage: str | None = field(None, "SQLAlchemy URL of the study; unset: SQLite on the head")
+    prepare_args: str = field("", "more `genre-sweep prepare` flags, quoted")
+    sweep_args: str = field("", "more `genre-sweep sweep` flags, quoted")
+
+    def __post_init__(self) -> None:
+        check(self.trials >= 1, f"trials must be >= 1, got {self.trials}")
+        check(bool(self.name) and "/" not in self.name, f"name must be a plain folder name, got {self.name!r}")
+
+    @property
+    def shards(self) -> str:
+        return self.bucket.rstrip("/") + "/shards"
+
+    @property
+    def storage(self) -> str:
+        return self.bucket.rstrip("/") + "/sweeps"
+
+    @property
+    def study(self) -> str:
+        return self.study_storage or f"sqlite:///{self.project_dir}-studies/{self.name}.db"

@@ -1,0 +1,121 @@
+"""Every use of Ray's and Optuna's private attributes, in one place, each failing loudly when an upgrade changes it.
+
+Ray gives no public way to do four things the sweep needs: tell OptunaSearch's study a trial's final state
+itself (to record ASHA-stopped trials as PRUNED), save and restore ASHA's rungs (Tune saves no scheduler
+state), hand a restored Tuner its scheduler back, and validate a cluster config offline the way `ray up`
+does. Each accessor checks the attribute's presence and shape and raises ``LibraryChanged`` naming it;
+``tests/tune/test_internals.py`` runs them all against the installed Ray and Optuna in a second.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genre_sweep.errors import GenreSweepError
+
+
+class LibraryChanged(GenreSweepError, RuntimeError):
+    """A private attribute genre-sweep relies on is gone or changed shape: an upgrade of Ray or Optuna."""
+
+
+def _attr(obj: Any, name: str, kind: type | tuple[type, ...]) -> Any:
+    """``obj.name``, which must exist and be a ``kind``."""
+    owner = type(obj).__name__
+    if not hasattr(obj, name):
+        raise LibraryChanged(
+            f"{owner}.{name} is gone in the installed Ray/Optuna; genre_sweep/tune/internals.py needs updating"
+        )
+    value = getattr(obj, name)
+    if not isinstance(value, kind):
+        raise LibraryChanged(
+            f"{owner}.{name} is a {type(value).__name__}, not the {getattr(kind, '__name__', kind)} "
+            "genre_sweep/tune/internals.py expects; it needs updating for the installed Ray/Optuna"
+        )
+    return value
+
+
+# --- Ray Tune's OptunaSearch: its study and its Optuna trial per Tune trial ---------------------------------
+
+
+def optuna_study(searcher: Any) -> Any:
+    """The Optuna study behind an ``OptunaSearch`` (``_ot_study``)."""
+    import optuna
+
+    return _attr(searcher, "_ot_study", optuna.Study)
+
+
+def optuna_trial(searcher: Any, trial_id: str) -> Any | None:
+    """The Optuna trial an ``OptunaSearch`` asked for Tune trial ``trial_id`` (``_ot_trials``), if any."""
+    return _attr(searcher, "_ot_trials", dict).get(trial_id)
+
+
+def completed_trials(searcher: Any) -> set[str]:
+    """The Tune trial ids whose result an ``OptunaSearch`` already told the study (``_completed_trials``)."""
+    return _attr(searcher, "_completed_trials", set)
+
+
+# --- Ray Tune's ASHAScheduler: brackets, their rungs, the trial -> bracket map ------------------------------
+
+
+def asha_brackets(scheduler: Any) -> list[Any]:
+    """An ``ASHAScheduler``'s brackets (``_brackets``)."""
+    return _attr(scheduler, "_brackets", list)
+
+
+def trial_brackets(scheduler: Any) -> dict[str, Any]:
+    """An ``ASHAScheduler``'s trial id -> bracket map (``_trial_info``); writable."""
+    return _attr(scheduler, "_trial_info", dict)
+
+
+def bracket_rungs(bracket: Any) -> list[tuple[float, dict[str, float]]]:
+    """A bracket's rungs (``_rungs``): (milestone, {trial id: recorded score}), highest milestone first."""
+    rungs = _attr(bracket, "_rungs", list)
+    if not all(isinstance(r, tuple) and len(r) == 2 and isinstance(r[1], dict) for r in rungs):
+        raise LibraryChanged(
+            f"{type(bracket).__name__}._rungs no longer holds (milestone, dict) pairs; "
+            "genre_sweep/tune/internals.py needs updating for the installed Ray"
+        )
+    return rungs
+
+
+def set_bracket_rungs(bracket: Any, recorded: dict[float, dict[str, float]]) -> None:
+    """Put back each milestone's recorded scores (milestones missing from ``recorded`` start empty)."""
+    rungs = bracket_rungs(bracket)
+    bracket._rungs = [(m, dict(recorded.get(float(m), {}))) for m, _ in rungs]
+
+
+# --- Ray Tune's Tuner: the scheduler of a restored experiment -----------------------------------------------
+
+
+def set_restored_scheduler(tuner: Any, scheduler: Any) -> None:
+    """Give a ``Tuner.restore``d tuner ``scheduler``: Tune restores no scheduler itself and has no parameter for one."""
+    local = _attr(tuner, "_local_tuner", object)
+    config = _attr(local, "_tune_config", object)
+    _attr(config, "scheduler", object)
+    config.scheduler = scheduler
+
+
+def restored_scheduler(tuner: Any) -> Any:
+    """The scheduler a tuner will run with (what ``set_restored_scheduler`` set)."""
+    return _attr(_attr(_attr(tuner, "_local_tuner", object), "_tune_config", object), "scheduler", object)
+
+
+# --- Ray's autoscaler: a cluster config with its defaults, validated offline as `ray up` does ---------------
+
+
+def prepare_cluster_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with Ray's defaults filled in, then validated against Ray's schema.
+
+    Raises jsonschema's ValidationError for a schema violation (as ``ray up`` would), LibraryChanged if
+    Ray moved the functions.
+    """
+    try:
+        from ray.autoscaler._private.util import prepare_config, validate_config
+    except ImportError as e:
+        raise LibraryChanged(
+            f"ray.autoscaler._private.util lacks prepare_config/validate_config ({e}); "
+            "genre_sweep/tune/internals.py needs updating for the installed Ray"
+        ) from e
+    full = prepare_config(config)
+    validate_config(full)
+    return full

@@ -1,0 +1,41 @@
+"""One Tune trial: ``train()`` with the trial's configuration, reporting each epoch with its checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from genre_sweep.config import resolve
+from genre_sweep.model.configs import TrainConfig
+
+
+def run_trial(config: dict[str, Any], data: Any, base: dict[str, Any]) -> None:
+    """Tune's trainable: ``base`` settings plus the sampled ``config``, on the shared ``data``.
+
+    A retried or resumed trial continues from its last checkpoint. Every report carries the node id, so
+    placement is visible in the results.
+    """
+    started = time.perf_counter()  # per-trial overhead: from here to the first optimizer step (first_step_s)
+    import ray
+    from ray import tune
+
+    from genre_sweep.model.train import train  # torch and transformers load in the trial's process
+
+    out = Path(tempfile.mkdtemp(prefix="trial-", dir=os.getcwd()))
+    values = {**base, **config, "out": str(out)}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume_dir = out / "resume-from"
+        with checkpoint.as_directory() as d:
+            shutil.copytree(d, resume_dir)
+        values["resume"] = str(resume_dir)
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict[str, Any], ckpt: Path) -> None:
+        tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+
+    train(resolve(TrainConfig, values), data, report=report, started=started)
