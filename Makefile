@@ -9,7 +9,7 @@ DEMO_PER_GENRE ?= 10
 DEMO_SECONDS   ?= 15
 DEMO_TRIALS    ?= 10
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean constraints
 
 install: $(STAMP)
 
@@ -40,6 +40,16 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+
+# Everything but the tests marked slow (their own clusters and subprocess sweeps): about half the time.
+test-fast: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+
+# The versions every cluster node installs (cluster.yaml's setup_commands): what this virtualenv holds.
+constraints: $(STAMP)
+	( echo "# Every node installs exactly these versions: \`pip install -c constraints.txt -e .\` (cluster.yaml's setup_commands)."; \
+	  echo "# The versions CI tested on Python 3.11; regenerate with \`make constraints\` after changing pyproject.toml's dependencies."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -vi '^genre.sweep' ) > constraints.txt
 
 bench: $(STAMP)
 	$(BIN)/python bench/prepare.py

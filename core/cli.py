@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +110,9 @@ def run_command(name: str, argv: list[str] | None = None) -> int:
     if print_only:
         sys.stdout.write(to_yaml(cfg))
         return 0
+    # Ray folds log lines that differ only in numbers ("[repeated 9x across cluster]"): every trial's epoch line
+    # would vanish into one. Ours are never folded; Ray's own still are. Read when Ray is imported, i.e. below.
+    os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", r"genre_sweep\.")
     return run_job(lambda: _load(job.run)(cfg), job.log_level)
 
 

@@ -11,8 +11,25 @@ from genre_sweep.errors import one_line, user_error
 log = logging.getLogger("genre_sweep")
 
 
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=level, format=FORMAT, datefmt="%H:%M:%S")
+
+
+def worker_logging() -> None:
+    """In a Ray task or trial: genre-sweep's own INFO lines (each epoch, each retrain seed) go to stderr, which
+    Ray forwards to the driver's output and `ray job logs`; other libraries' loggers keep Ray's settings."""
+    ours = logging.getLogger("genre_sweep")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
+    # Ray Train logs "Checkpoint successfully created at ..." for every report: the epoch line already says it.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 
 def run_job(body: Callable[[], int | None], level: int = logging.INFO) -> int:

@@ -3,17 +3,65 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import yaml
+
+from genre_sweep.errors import GenreSweepError
+
+# Where `ray up` puts the cluster config on the head (Ray's monitor reads it from there).
+BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
+
+TOKEN_HELP = (
+    "set RAY_AUTH_MODE=token and give this machine the cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH "
+    "or RAY_AUTH_TOKEN; `ray get-auth-token` prints it on the head), or run the command on the head"
+)
+
+
+class RayConnectError(GenreSweepError, ConnectionError):
+    """The Ray cluster named by --ray-address can't be joined; the message says what to set."""
 
 
 def init_ray(address: str | None) -> None:
     """Connect to ``address``; without one, start a fresh local Ray, or join the job's cluster inside a Ray job.
 
     Never an implicit "whatever ran last on this machine": a stale pointer to a stopped cluster makes
-    plain ``ray.init()`` hang or join the wrong cluster.
+    plain ``ray.init()`` hang or join the wrong cluster. A cluster started with `ray start` uses token
+    authentication: refused for want of a token, this says in one line what to set.
     """
     import ray  # here, not at the top: `genre-sweep <job> --help` must not pay for importing Ray
 
-    if not ray.is_initialized():
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            address = "local"
+    if ray.is_initialized():
+        return
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        address = "local"
+    try:
         ray.init(address=address, log_to_driver=True)
+    except (ConnectionError, RuntimeError) as e:
+        if not _refused_token(e):
+            raise
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        raise RayConnectError(
+            f"--ray-address {address}: the cluster refused this client's token (RAY_AUTH_MODE is {mode}): {TOKEN_HELP}"
+        ) from e
+
+
+def resource_offered(name: str) -> bool:
+    """Whether a node up now, or a node type of a `ray up` head's bootstrap config, advertises resource ``name``."""
+    import ray
+
+    if any(n.get("Alive") and n["Resources"].get(name) for n in ray.nodes()):
+        return True
+    if BOOTSTRAP_CONFIG.exists():
+        types = (yaml.safe_load(BOOTSTRAP_CONFIG.read_text()) or {}).get("available_node_types", {})
+        return any(t.get("resources", {}).get(name) for t in types.values())
+    return False
+
+
+def _refused_token(exc: BaseException | None) -> bool:
+    """Whether Ray's connection failure, or one it wraps (possibly only as text), is a refused token."""
+    while exc is not None:
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

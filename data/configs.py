@@ -73,6 +73,9 @@ class PrepareConfig(StoreFlags):
     high_quality_stretch: bool = field(False, "Rubber Band's high-quality tempo mode (about 3x slower)")
     min_seconds: float = field(1.0, "shorter inputs are rejected; longer ones shorter than a window are padded")
     tracks_per_task: int = field(4, "tracks per Ray task (and per shard)")
+    task_resource: str | None = field(
+        None, "run the tasks only on nodes advertising this custom resource (cluster.yaml's CPU nodes: cpu_node)"
+    )
     overwrite: bool = field(False, "replace a non-empty destination")
     ray_address: str | None = field(None, "Ray cluster address ('auto' inside a cluster); local Ray when unset")
 

@@ -28,7 +28,7 @@ from genre_sweep.data.shards import FORMAT_VERSION, results_table, shard_table, 
 from genre_sweep.data.sources import Rejection, discover, work_items
 from genre_sweep.data.tracks import process_track
 from genre_sweep.errors import GenreSweepError
-from genre_sweep.ray_start import init_ray
+from genre_sweep.ray_start import init_ray, resource_offered
 from genre_sweep.store import StoreOptions, filesystem, join, prepare_destination
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,11 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     log.info("prepare: %d tracks (%d refused before decoding) -> %s", len(items), len(discovery_rejects), cfg.out)
 
     init_ray(cfg.ray_address)
+    if cfg.task_resource and not resource_offered(cfg.task_resource):
+        raise PrepareError(
+            f"--task-resource {cfg.task_resource}: no node of this cluster advertises it, so no task could run; "
+            "drop the flag, or add it to a node type's resources"
+        )
     DataContext.get_current().execution_options.preserve_order = True  # same shards on every run
     settings = cfg.track_settings()
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / cfg.tracks_per_task)))
@@ -151,6 +156,8 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
         batch_format="pyarrow",
         fn_kwargs={"settings": settings},
         num_cpus=1,
+        # only on the nodes advertising it (cluster.yaml's CPU nodes), so prepare never starts a GPU worker
+        resources={cfg.task_resource: 1} if cfg.task_resource else None,
     )
     sink = ShardSink(cfg.out, options, cfg.frames, cfg.mel_bins)
     ds.write_datasink(sink)

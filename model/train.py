@@ -35,7 +35,7 @@ from genre_sweep.model.checkpoint import (
 )
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.data import SplitArrays, TrainData, as_tensor, load_data
-from genre_sweep.model.device import autocast, resolve_device
+from genre_sweep.model.device import autocast, describe, resolve_device
 from genre_sweep.model.dora_ast import GenreClassifier, build_model
 from genre_sweep.model.export import export_model
 from genre_sweep.model.prefix_cache import check_cache
@@ -201,19 +201,24 @@ def train(
                         torch.cuda.synchronize(device)  # once per run: the time of a finished step
                     first_step_s = time.perf_counter() - started
         train_s = time.perf_counter() - start
-        metrics = {
+        val = validation_metrics(
+            predict_logits(model, val_split, config.eval_batch_size, device, val_inputs), val_split
+        )
+        metrics = {  # the first four are the columns of Tune's live table: the metric being optimised among them
             "epoch": epoch,
+            "val_clip_acc": val["val_clip_acc"],
+            "val_loss": val["val_loss"],
             "train_loss": loss_sum.item() / len(train_split),
-            **validation_metrics(
-                predict_logits(model, val_split, config.eval_batch_size, device, val_inputs), val_split
-            ),
+            "val_window_acc": val["val_window_acc"],
             "lr": scheduler.get_last_lr()[0],
             "train_examples_per_s": len(train_split) / train_s,
             "epoch_s": time.perf_counter() - start,
             "prefix_cache": start_layer is not None,
         }
-        if first_step_s is not None and epoch == first_epoch:
-            metrics["first_step_s"] = first_step_s
+        if epoch == first_epoch:  # where the run is, once: a trial on CPU where a GPU was meant is visible
+            metrics |= describe(device)
+            if first_step_s is not None:
+                metrics["first_step_s"] = first_step_s
         history.append(metrics)
         if _better(metrics, best):
             best = metrics

@@ -38,6 +38,12 @@ class RetrainConfig(StoreFlags):
         True, "compute the frozen layers' output once (below the space's lowest adapter) and start every trial there"
     )
     retrain_seeds: int = field(3, "seeds of the best-config retrain")
+    device: str = field(
+        "auto",
+        "where trials, the cache and the retrain run: auto takes CUDA where Ray gives a GPU (and fails at once if "
+        "CUDA is unusable there); cpu runs on CPUs on purpose (CPU clusters, tests)",
+        choices=["auto", "cpu", "cuda"],
+    )
     ray_address: str | None = field(None, "Ray cluster address; local Ray when unset")
 
     def __post_init__(self) -> None:
@@ -70,7 +76,15 @@ class SweepConfig(RetrainConfig):
     configuration, test it and write the report. --resume finishes an interrupted sweep."""
 
     trials: int = field(35, "number of trials")
-    max_concurrent_trials: int | None = field(None, "trials at once; unset: what the cluster's CPUs and GPUs hold")
+    max_concurrent_trials: int | None = field(
+        None, "trials at once; unset: what the cluster holds once scaled up (see --cluster)"
+    )
+    cluster: str | None = field(
+        None,
+        "the cluster config `ray up` started (node types and their max_workers): the sweep plans from what the "
+        "cluster can scale to and asks the autoscaler for it up front; unset: a `ray up` head's own bootstrap "
+        "config, else the nodes up now",
+    )
     grace_period: int = field(1, "ASHA: epochs before a trial can be stopped")
     reduction_factor: float = field(3.0, "ASHA: keep the top 1/reduction_factor at each rung")
     max_t: int | None = field(None, "ASHA: most epochs; unset: the largest epoch count in the space")

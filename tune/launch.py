@@ -40,6 +40,8 @@ def entrypoint(cfg: LaunchConfig) -> str:
             q(cfg.shards),
             "--ray-address",
             "auto",
+            "--task-resource",
+            "cpu_node",  # cluster.yaml's CPU nodes: prepare never starts a GPU worker
             *s3,
             cfg.prepare_args,
         ]

@@ -21,7 +21,9 @@ import yaml
 from genre_sweep.cli import job_main
 from genre_sweep.data.shards import open_dataset
 from genre_sweep.model.dora_ast import ModelError, backbone_config
+from genre_sweep.ray_start import RayConnectError, init_ray
 from genre_sweep.store import StoreError, StoreOptions, filesystem, join, write_bytes
+from genre_sweep.tune.capacity import cluster_capacity, from_cluster_config
 from genre_sweep.tune.configs import PreflightConfig
 from genre_sweep.tune.internals import prepare_cluster_config
 
@@ -47,11 +49,20 @@ def check_cluster_config(path: str) -> dict[str, Any]:
 
 def node_types_holding(config: dict[str, Any], cpus: float, gpus: float) -> list[str]:
     """Node types of a cluster config whose advertised resources hold one trial."""
-    return [
-        name
-        for name, node in config["available_node_types"].items()
-        if node.get("resources", {}).get("CPU", 0) >= cpus and node.get("resources", {}).get("GPU", 0) >= gpus
-    ]
+    return [t.name for t in from_cluster_config(config, "cluster config").holding(cpus, gpus)]
+
+
+def check_gpu_images(config: dict[str, Any]) -> tuple[bool, str]:
+    """Every GPU node type names its AMI: Ray's default AMI has an NVIDIA driver too old for torch 2.11's CUDA 13."""
+    gpu_types = {n: t for n, t in config["available_node_types"].items() if t.get("resources", {}).get("GPU", 0)}
+    missing = [n for n, t in gpu_types.items() if not t.get("node_config", {}).get("ImageId")]
+    if missing:
+        return False, (
+            f"{', '.join(missing)} set no ImageId, so Ray's default AMI (a driver too old for CUDA 13) would run; "
+            "use AWS's Deep Learning Base OSS Nvidia Driver GPU AMI (see cluster.yaml)"
+        )
+    images = sorted({t["node_config"]["ImageId"] for t in gpu_types.values()})
+    return True, f"{', '.join(images)} (the driver must support CUDA 13; it is checked on the node at trial start)"
 
 
 def check_storage_writable(uri: str, options: StoreOptions) -> None:
@@ -79,22 +90,31 @@ def run_checks(cfg: PreflightConfig) -> list[tuple[str, bool, str]]:
         try:
             full = check_cluster_config(cfg.cluster)
             results.append(("cluster config matches Ray's schema", True, cfg.cluster))
-            fits = node_types_holding(full, cfg.cpus_per_trial, cfg.gpus_per_trial)
-            offered = ", ".join(f"{n}: {v.get('resources', {})}" for n, v in full["available_node_types"].items())
+            capacity = from_cluster_config(full, cfg.cluster)
+            fits = capacity.holding(cfg.cpus_per_trial, cfg.gpus_per_trial)
+            at_once = capacity.concurrency(cfg.cpus_per_trial, cfg.gpus_per_trial)
             results.append(
                 (
                     f"a node type holds one trial ({trial})",
                     bool(fits),
-                    f"fits: {', '.join(fits)}" if fits else f"none does; node types offer {offered}",
+                    f"fits: {', '.join(t.name for t in fits)}; {at_once} trials at once when scaled up"
+                    if fits
+                    else f"none does; node types offer {capacity.describe()}",
                 )
             )
+            ok, detail = check_gpu_images(full)
+            results.append(("GPU node types run a CUDA 13 AMI", ok, detail))
         except ValueError as e:
             results.append(("cluster config matches Ray's schema", False, str(e)))
     if cfg.ray_address:
-        ray.init(address=cfg.ray_address)
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        fits = [n for n in nodes if n.get("CPU", 0) >= cfg.cpus_per_trial and n.get("GPU", 0) >= cfg.gpus_per_trial]
-        results.append((f"a running node holds one trial ({trial})", bool(fits), f"{len(fits)} of {len(nodes)} nodes"))
+        try:
+            init_ray(cfg.ray_address)
+            results.append(("the cluster accepts this client (token auth)", True, cfg.ray_address))
+            capacity = cluster_capacity(None, ray.nodes())
+            fits = capacity.holding(cfg.cpus_per_trial, cfg.gpus_per_trial)
+            results.append((f"a node of {capacity.source} holds one trial ({trial})", bool(fits), capacity.describe()))
+        except RayConnectError as e:
+            results.append(("the cluster accepts this client (token auth)", False, str(e)))
     try:
         check_storage_writable(cfg.storage, options)
         results.append(("storage writable", True, cfg.storage))

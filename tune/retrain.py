@@ -18,6 +18,7 @@ from ray import tune
 
 from genre_sweep.cli import job_main
 from genre_sweep.config import resolve
+from genre_sweep.jobs import worker_logging
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.data import TrainData, load_data
 from genre_sweep.model.device import resolve_device
@@ -86,9 +87,10 @@ def retrain_on_a_trial_node(values: dict[str, Any], data: TrainData, seeds: list
 
     With ``use_cache`` the frozen layers below the configuration's lowest adapter run once for all seeds.
     """
+    worker_logging()  # each seed's epoch lines reach the driver's output (and `ray job logs`)
     if use_cache:
         start = int(values.get("encoder_min_layer_to_update", TrainConfig.encoder_min_layer_to_update))
-        data = data.with_prefix(build_for(values["pretrained"], data, start))
+        data = data.with_prefix(build_for(values["pretrained"], data, start, values.get("device", "auto")))
     with tempfile.TemporaryDirectory() as tmp:
         outcome = retrain(values, data, seeds, Path(tmp))
     outcome["chosen"]["model"] = outcome["chosen"]["model"].cpu()
@@ -124,7 +126,7 @@ def retrain_and_report(cfg: RetrainConfig, results: tune.ResultGrid) -> dict[str
     values = {
         "shards": cfg.shards,
         "pretrained": cfg.pretrained,
-        "device": "auto",
+        "device": cfg.device,
         "s3_endpoint": cfg.s3_endpoint,
         "s3_region": cfg.s3_region,
         **load_space(cfg.space).fixed,

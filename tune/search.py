@@ -38,6 +38,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._default_epochs = default_epochs
         self._planned: dict[str, int] = {}
         self._best: dict[str, float] = {}
+        self._reported: dict[str, set[int]] = {}  # epochs already reported to each trial's Optuna trial
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -50,6 +51,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         value = result.get(self.metric)
         if value is not None:
             self._best[trial_id] = max(value, self._best.get(trial_id, value))
+            self._reported.setdefault(trial_id, set()).add(result.get("training_iteration"))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial, completed = internals.optuna_trial(self, trial_id), internals.completed_trials(self)
@@ -57,8 +59,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)
             return
         done, value = result.get("training_iteration", 0), result.get(self.metric)
-        if value is not None:
-            ot_trial.report(value, done)  # the last epoch: Tune passes it here, not to on_trial_result
+        if value is not None and done not in self._reported.get(trial_id, ()):
+            ot_trial.report(value, done)  # the last epoch, where Tune passed it here and not to on_trial_result
             self._best[trial_id] = max(value, self._best.get(trial_id, value))
         study = internals.optuna_study(self)
         if done < self._planned.get(trial_id, done):

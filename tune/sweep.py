@@ -8,9 +8,12 @@ can watch it; ``--resume`` finishes an interrupted sweep with its trials and ASH
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -19,12 +22,16 @@ from optuna.trial import TrialState
 from ray import tune
 
 from genre_sweep.cli import job_main
+from genre_sweep.jobs import worker_logging
 from genre_sweep.model.data import TrainData, load_data, share
+from genre_sweep.model.device import describe, resolve_device
 from genre_sweep.model.prefix_cache import build_for
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import filesystem
 from genre_sweep.tune import internals
+from genre_sweep.tune.capacity import Capacity, cluster_capacity
 from genre_sweep.tune.configs import SweepConfig, SweepError
+from genre_sweep.tune.progress import SweepProgress
 from genre_sweep.tune.retrain import retrain_and_report
 from genre_sweep.tune.search import PersistentASHA, PruneAwareOptunaSearch
 from genre_sweep.tune.space import load_space
@@ -33,29 +40,41 @@ from genre_sweep.tune.trial import run_trial
 log = logging.getLogger(__name__)
 
 
-def check_resources(cpus: float, gpus: float) -> None:
-    """Fail at once if no alive node can ever hold one trial, instead of a trial pending forever."""
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
-        offered = ", ".join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU" for n in nodes)
+def plan(cfg: SweepConfig) -> tuple[Capacity, int]:
+    """What the cluster can scale to, and the trials to run at once there (``--max-concurrent-trials`` or all
+    the scaled cluster holds). Fails at once when no node type can ever hold one trial."""
+    capacity = cluster_capacity(cfg.cluster, ray.nodes())
+    cpus, gpus = cfg.cpus_per_trial, cfg.gpus_per_trial
+    if not capacity.holding(cpus, gpus):
         raise SweepError(
-            f"no node can hold a trial of {cpus:g} CPU + {gpus:g} GPU (nodes offer: {offered}); "
-            "lower --cpus-per-trial/--gpus-per-trial or add such nodes"
+            f"no node can hold a trial of {cpus:g} CPU + {gpus:g} GPU (node types of {capacity.source}: "
+            f"{capacity.describe()}); lower --cpus-per-trial/--gpus-per-trial or add such nodes"
         )
+    at_once = cfg.max_concurrent_trials or max(1, capacity.concurrency(cpus, gpus))
+    log.info("%d trials at once on %s (%s)", at_once, capacity.source, capacity.describe())
+    return capacity, at_once
 
 
-def concurrency(cfg: SweepConfig) -> int:
-    """Trials at once: the flag, else what the cluster's CPUs (and GPUs) hold, at least one."""
-    if cfg.max_concurrent_trials:
-        return cfg.max_concurrent_trials
-    res = ray.cluster_resources()
-    fits = [res.get("CPU", 0) // cfg.cpus_per_trial]
-    if cfg.gpus_per_trial:
-        fits.append(res.get("GPU", 0) // cfg.gpus_per_trial)
-    return max(1, int(min(fits)))
+@contextlib.contextmanager
+def capacity_requested(capacity: Capacity, trials: int, cpus: float, gpus: float) -> Iterator[None]:
+    """Ask the autoscaler for ``trials`` trials' resources at once, so workers start together, not one by one
+    as trials queue; the request is released when the sweep ends, so idle workers can scale down."""
+    if not capacity.autoscaling:
+        yield
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    request_resources(bundles=[bundle] * trials)
+    try:
+        yield
+    finally:
+        request_resources(bundles=[])
 
 
-def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]) -> tuple[tune.Tuner, PersistentASHA]:
+def build_tuner(
+    cfg: SweepConfig, data_ref: Any, base: dict[str, Any], at_once: int
+) -> tuple[tune.Tuner, PersistentASHA]:
     """The Tuner (new, or restored with ``--resume``) and the ASHA scheduler it uses."""
     space = load_space(cfg.space)
     fs, storage_path = filesystem(cfg.storage, cfg.options)  # with a filesystem given, Tune wants bucket/key paths
@@ -72,9 +91,7 @@ def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]) -> tuple[
         grace_period=cfg.grace_period,
         reduction_factor=cfg.reduction_factor,
         max_t=cfg.max_t or space.max_epochs(),
-        # metric and mode here, not in TuneConfig: a restored Tuner does not hand them to a new scheduler
-        metric=cfg.metric,
-        mode="max",
+        # metric and mode come from TuneConfig (restored with the Tuner), so Tune's table and ResultGrid know them
     )
     if cfg.resume:
         if not tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
@@ -90,31 +107,51 @@ def build_tuner(cfg: SweepConfig, data_ref: Any, base: dict[str, Any]) -> tuple[
         sampler=optuna.samplers.TPESampler(seed=cfg.seed),
         storage=optuna.storages.RDBStorage(cfg.study_url()),
         study_name=cfg.name,
-        default_epochs=int(space.fixed.get("num_train_epochs", 13)),
+        default_epochs=space.max_epochs(),  # a trial's epochs when the space does not search them
     )
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
+            metric=cfg.metric,
+            mode="max",
             num_samples=cfg.trials,
-            max_concurrent_trials=concurrency(cfg),
+            max_concurrent_trials=at_once,
         ),
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=storage_path,
             storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=1,
+            # each trial keeps its best epochs by the metric (and always its latest, to resume from)
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=cfg.metric, checkpoint_score_order="max"
+            ),
+            # a line per trial start and end with the best so far, instead of Tune's boxes (see tune/progress.py)
+            callbacks=[SweepProgress(cfg.metric, cfg.trials, space.max_epochs())],
+            verbose=0,
         ),
     )
     return tuner, scheduler
 
 
-def _with_prefix_cache(data: TrainData, pretrained: str, start: int) -> tuple[TrainData, dict[str, Any]]:
+def _device_facts(device: str) -> dict[str, Any]:
+    """Ray task with one trial's resources: where a trial would run (raises DeviceError if it can't use its GPU)."""
+    return describe(resolve_device(device))
+
+
+def check_trial_device(cfg: SweepConfig) -> None:
+    """Before any trial: one task with a trial's resources checks the device there, so a node that cannot use
+    the GPU Ray gives it fails the sweep at once, not each trial after its start."""
+    task = ray.remote(_device_facts).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
+    log.info("trials run on: %s", ray.get(task.remote(cfg.device)))
+
+
+def _with_prefix_cache(data: TrainData, pretrained: str, start: int, device: str) -> tuple[TrainData, dict[str, Any]]:
     """Ray task: (``data`` plus the states entering layer ``start`` under ``pretrained``'s frozen weights, facts)."""
-    cache = build_for(pretrained, data, start)
+    worker_logging()
+    cache = build_for(pretrained, data, start, device)
     return data.with_prefix(cache, keep_features=False), {"gb": cache.nbytes / 1e9}
 
 
@@ -129,7 +166,7 @@ def cached_data(cfg: SweepConfig, data_ref: Any) -> Any:
     task = ray.remote(_with_prefix_cache).options(
         num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial, num_returns=2
     )
-    data_with_cache, facts = task.remote(data_ref, cfg.pretrained, start)
+    data_with_cache, facts = task.remote(data_ref, cfg.pretrained, start, cfg.device)
     facts = ray.get(facts)
     log.info(
         "frozen-prefix cache: states entering layer %d, %.2f GB bf16, ready in %.1f s",
@@ -143,20 +180,30 @@ def cached_data(cfg: SweepConfig, data_ref: Any) -> Any:
 def run_sweep(cfg: SweepConfig) -> tune.ResultGrid:
     """Run (or resume) the sweep; returns Tune's ResultGrid."""
     init_ray(cfg.ray_address)
-    check_resources(cfg.cpus_per_trial, cfg.gpus_per_trial)
+    capacity, at_once = plan(cfg)
+    with capacity_requested(capacity, at_once, cfg.cpus_per_trial, cfg.gpus_per_trial):
+        return _sweep(cfg, at_once)
+
+
+def _sweep(cfg: SweepConfig, at_once: int) -> tune.ResultGrid:
+    # Tune snapshots its experiment state whenever a trial has checkpointed num_to_keep times, i.e. every
+    # other epoch here, and warns about it every few seconds; the snapshots are small and wanted, the warning not.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if cfg.gpus_per_trial:
+        check_trial_device(cfg)
     data = load_data(cfg.shards, cfg.options, splits=("train", "val"))
     base = {
         "shards": cfg.shards,
         "pretrained": cfg.pretrained,
         "seed": cfg.seed,
-        "device": "auto",  # each trial takes CUDA where its node has it
+        "device": cfg.device,  # auto: each trial takes CUDA where Ray gave it a GPU, and fails if it can't
         "s3_endpoint": cfg.s3_endpoint,
         "s3_region": cfg.s3_region,
     }
     data_ref = share(data)
     if cfg.prefix_cache:
         data_ref = cached_data(cfg, data_ref)
-    tuner, _ = build_tuner(cfg, data_ref, base)
+    tuner, _ = build_tuner(cfg, data_ref, base, at_once)
     log.info(
         "sweep %s: %d trials, study %s; watch with `optuna-dashboard %s`",
         cfg.root,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from genre_sweep.config import resolve
+from genre_sweep.jobs import worker_logging
 from genre_sweep.model.configs import TrainConfig
 
 
@@ -20,6 +21,7 @@ def run_trial(config: dict[str, Any], data: Any, base: dict[str, Any]) -> None:
     placement is visible in the results.
     """
     started = time.perf_counter()  # per-trial overhead: from here to the first optimizer step (first_step_s)
+    worker_logging()  # each epoch's line goes to the trial's stderr, which Ray forwards to the driver
     import ray
     from ray import tune
 

@@ -31,6 +31,7 @@ cluster = Cluster(
     initialize_head=True,
     head_node_args={
         "num_cpus": 2,
+        "resources": {"cpu_node": 2},  # as cluster.yaml's CPU nodes: where launch runs prepare's tasks
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
         "dashboard_port": port,

@@ -29,6 +29,7 @@ cfg = resolve(
         "space": space,
         "trials": "3",
         "gpus_per_trial": "0.5",
+        "device": "cpu",  # the GPU is advertised, not real: run on CPUs on purpose
         "retrain": "false",
         "ray_address": cluster.address,
     },

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test starts a multi-node Ray cluster of its own
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -90,3 +93,23 @@ def test_prepare_spreads_over_workers_and_a_sweep_survives_losing_one(tmp_path):
         assert t["nodes"][-1] != outcome["doomed"]
         assert t["epochs"].count(1) == 1
     assert outcome["study_states"] == ["COMPLETE"] * 4
+
+
+def test_a_sweep_on_an_autoscaling_cluster_scales_its_gpu_workers_up_together_and_back_down(sweep_shards, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "space:\n  learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+        "  batch_size: {type: categorical, choices: [8, 16]}\n  num_train_epochs: null\n"
+        "fixed:\n  gradient_accumulation_steps: 1\n  num_train_epochs: 2\n"
+    )
+    outcome = run_script("autoscaling_sweep.py", str(sweep_shards), str(space), str(tmp_path / "work"))
+    # a `ray start` cluster wants its token: without it, one line saying what to set
+    assert outcome["refused_code"] == 2 and not outcome["refused_traceback"]
+    ((line,),) = [outcome["refused_errors"]]
+    assert "refused this client's token" in line and "RAY_AUTH_MODE=token" in line
+    # with it: planned from the cluster config, both GPU workers started, 4 trials of 0.5 GPU at once
+    assert outcome["code"] == 0
+    assert outcome["max_workers"] == 2 and outcome["max_gpus_in_use"] == 2.0
+    assert outcome["states"] == ["COMPLETE"] * 4 and outcome["epochs"] == [2] * 4
+    # and once the sweep is done, the idle workers go (idle_timeout_minutes 0.1)
+    assert outcome["workers_after"] == 0, outcome

@@ -209,3 +209,10 @@ def test_shards_are_parquet_with_float16_tensor_features(prepared):
     assert str(table.schema.field("features").type.value_type) == "halffloat"
     assert features_array(table).shape[1:] == (1024, 128)
     assert {"label", "genre", "track_id", "window", "variant", "effect_params", "split"} <= set(table.column_names)
+
+
+def test_a_task_resource_no_node_offers_is_refused_before_any_task(ray_local, tmp_path):
+    corpus = make_corpus(tmp_path / "c", per_genre=1, seconds=3.0, genres=GENRES)
+    with pytest.raises(PrepareError, match="--task-resource cpu_node: no node of this cluster advertises it"):
+        run_prepare(_config(corpus, tmp_path / "out", task_resource="cpu_node"))
+    assert not (tmp_path / "out" / "manifest.json").exists()

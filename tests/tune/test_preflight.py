@@ -104,3 +104,32 @@ def test_launch_refuses_a_trial_no_node_type_can_hold(tmp_path, capsys):
         ["--cluster", str(CLUSTER), "--source", str(tmp_path), "--bucket", str(tmp_path / "b"), "--gpus-per-trial", "4"]
     )
     assert code == 2 and "no node type" in capsys.readouterr().err
+
+
+def test_every_node_installs_the_tested_versions_from_a_gpu_ami_without_the_virtualenv():
+    import re
+
+    raw = yaml.safe_load(CLUSTER.read_text())
+    assert ".venv" in raw["rsync_exclude"] and "demo-run" in raw["rsync_exclude"]  # never GBs of torch over rsync
+    assert all("-c /home/ray/genre-sweep/constraints.txt" in c for c in raw["setup_commands"] if "pip install" in c)
+    pins = dict(
+        line.split("==")
+        for line in (CLUSTER.parent / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    assert re.fullmatch(r"2\.11\.\d+", pins["torch"]) and pins["torchaudio"].startswith("2.11.")
+    assert pins["ray"].startswith("2.60.")
+    for name, node in raw["available_node_types"].items():
+        assert "nvidia-driver-gpu" in node["node_config"]["ImageId"], name
+    assert {"CPU", "cpu_node"} <= set(raw["available_node_types"]["cpu_worker"]["resources"])
+    assert "cpu_node" not in raw["available_node_types"]["gpu_worker"]["resources"]  # prepare never starts a GPU
+
+
+def test_a_gpu_node_type_on_rays_default_ami_fails_preflight(sweep_shards, tmp_path):
+    raw = yaml.safe_load(CLUSTER.read_text())
+    del raw["available_node_types"]["gpu_worker"]["node_config"]["ImageId"]
+    broken = tmp_path / "cluster.yaml"
+    broken.write_text(yaml.safe_dump(raw))
+    results = run_checks(PreflightConfig(shards=str(sweep_shards), storage=str(tmp_path), cluster=str(broken)))
+    ((_, ok, detail),) = [r for r in results if r[0] == "GPU node types run a CUDA 13 AMI"]
+    assert not ok and "gpu_worker set no ImageId" in detail

@@ -1,6 +1,9 @@
 """Small sweeps on real local Ray with the tiny model: search, pruning, study, retrain, report."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -8,7 +11,7 @@ import pytest
 from genre_sweep.config import resolve
 from genre_sweep.model.data import load_data
 from genre_sweep.tune.configs import SweepConfig, SweepError
-from genre_sweep.tune.retrain import retrain
+from genre_sweep.tune.retrain import load_results, retrain
 from genre_sweep.tune.sweep import main as sweep_main
 from genre_sweep.tune.sweep import run_sweep
 
@@ -71,6 +74,12 @@ def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(sweep_sh
     for result in (storage / "s1").glob("run_trial_*/result.json"):  # trials started from the frozen-prefix cache
         first = json.loads(result.read_text().splitlines()[0])
         assert first["prefix_cache"] is True and first["first_step_s"] > 0
+        assert first["device"] == "cpu"  # each trial's first report says where it ran
+    # Tune kept the winner's best epoch (checkpoints are kept by the metric, not newest-first)
+    assert (Path(best["trial"]) / f"checkpoint_{best['epoch'] - 1:06d}").is_dir()
+    # and Tune's own results name the same best trial as the report, with no metric or mode to pass
+    cfg = resolve(SweepConfig, {"shards": str(sweep_shards), "storage": str(storage), "name": "s1"})
+    assert load_results(cfg).get_best_result(scope="all").path == best["trial"]
 
 
 def assert_dashboards_can_read(sweep_dir, study) -> None:
@@ -119,6 +128,7 @@ def test_retrain_is_reproducible_from_its_seed(sweep_shards, tmp_path):
     assert a["chosen"]["test"]["confusion"] == b["chosen"]["test"]["confusion"]
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_and_finishes_keeping_every_finished_trial(sweep_shards, quick_space, tmp_path):
     import os
     import signal
@@ -212,3 +222,43 @@ def test_retrain_runs_on_its_own_after_a_sweep_without_retrain(sweep_shards, qui
     assert retrain_cli(args) == 0
     assert (tmp_path / "nr" / "report" / "summary.md").exists()
     assert retrain_cli([*args[:4], "--name", "nothing-here"]) == 2
+
+
+@pytest.mark.slow
+def test_a_sweeps_output_shows_every_trials_epochs_and_the_retrain(sweep_shards, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "space:\n  learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n  num_train_epochs: null\n"
+        "  batch_size: null\n"
+        "fixed:\n  gradient_accumulation_steps: 1\n  batch_size: 16\n  num_train_epochs: 2\n"
+    )
+    args = sweep_args(sweep_shards, tmp_path, "p", space, 2, "--retrain-seeds", "1", "--max-concurrent-trials", "2")
+    done = subprocess.run(
+        [sys.executable, "-m", "genre_sweep", "sweep", *args], capture_output=True, text=True, timeout=420
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path / 'p' / 'optuna.db'}")
+    epochs = [line for line in output.splitlines() if "genre_sweep.model.train: epoch " in line]
+    trial_epochs = sum(len(t.intermediate_values) for t in study.trials)
+    retrain_epochs = json.loads((tmp_path / "p" / "report" / "retrain.json").read_text())["per_seed"][0]
+    assert trial_epochs == 4 and len(epochs) >= trial_epochs + 1, output[-3000:]
+    assert "retrain seed 0: best epoch" in output and retrain_epochs["best_epoch"] >= 1
+    assert "is already reported" not in output  # Optuna is told each epoch once
+
+
+@pytest.mark.slow
+def test_a_trial_given_a_gpu_it_cannot_use_fails_at_once_in_one_line(sweep_shards, quick_space, tmp_path):
+    args = sweep_args(sweep_shards, tmp_path, "g", quick_space, 2, "--gpus-per-trial", "0.5", "--no-retrain")
+    code = (
+        "import sys, ray\n"
+        "ray.init(address='local', num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "from genre_sweep.tune.sweep import main\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert "cannot use CUDA although Ray reserved GPU" in errors[0] and "--device cpu" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("g/run_trial_*"))  # no trial started on the CPU

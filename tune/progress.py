@@ -1,0 +1,56 @@
+"""The sweep's console output: one line when a trial starts, one when it ends, with the best trial so far.
+
+Tune's own console boxes (every trial's config and result, every 30 s the whole table) make a 10-trial
+sweep hundreds of lines; they are off, and this callback says what matters in order. Each epoch's line
+comes from the trial itself (``genre_sweep.model.train``); the Ray dashboard, TensorBoard and
+optuna-dashboard keep the full picture.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import tune
+
+log = logging.getLogger(__name__)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+class SweepProgress(tune.Callback):
+    def __init__(self, metric: str, trials: int, default_epochs: int):
+        self.metric, self.trials, self.default_epochs = metric, trials, default_epochs
+        self.started = self.done = 0
+        self.best: tuple[float, str] | None = None  # (best epoch's metric, trial id)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started += 1
+        config = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()))
+        log.info("trial %s started (%d of %d): %s", trial.trial_id, self.started, self.trials, config)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epochs = int(trial.last_result.get("training_iteration", 0))
+        planned = int(trial.config.get("num_train_epochs", self.default_epochs))
+        value = trial.metric_analysis.get(self.metric, {}).get("max")
+        if value is not None and (self.best is None or value > self.best[0]):
+            self.best = (value, trial.trial_id)
+        how = "complete" if epochs >= planned else f"stopped by ASHA after {epochs} of {planned} epochs"
+        self.done += 1
+        best = f"best so far {self.best[0]:.3f} (trial {self.best[1]})" if self.best else "no result yet"
+        shown = "none" if value is None else f"{value:.3f}"
+        log.info(
+            "trial %s %s: best %s %s; %d of %d trials done, %s",
+            trial.trial_id,
+            how,
+            self.metric,
+            shown,
+            self.done,
+            self.trials,
+            best,
+        )
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        log.warning("trial %s failed: see %s (it is retried up to --max-failures times)", trial.trial_id, trial.path)
