@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -85,10 +86,25 @@ def read_bytes(uri: str, options: StoreOptions = StoreOptions()) -> bytes:
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` whole or not at all: one PUT on S3 (an object appears only when complete), a temporary
+    file renamed over ``path`` locally, so a reader or a process killed mid-write never leaves half a file."""
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    write_atomic(Path(path), data)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """A local file written to a temporary name beside it and renamed over ``path`` (atomic on one filesystem)."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def list_files(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:

@@ -90,10 +90,12 @@ class PrepareConfig(StoreFlags):
         )
         check(
             len(self.split) == 3
-            and all(f >= 0 for f in self.split)
-            and abs(sum(self.split) - 1) < 1e-6
-            and self.split[0] > 0,
-            f"split must be three fractions >= 0 summing to 1 with train > 0, got {self.split}",
+            and self.split[0] > 0
+            and self.split[1] > 0
+            and self.split[2] >= 0
+            and abs(sum(self.split) - 1) < 1e-6,
+            "split must be three fractions summing to 1, train and val > 0 (every epoch validates; test may be 0), "
+            f"got {self.split}",
         )
         unknown = sorted(set(self.effects) - set(EFFECTS))
         check(not unknown, f"effects {unknown} are unknown; known: {', '.join(EFFECTS)}")

@@ -80,12 +80,16 @@ def _folder_entries(fs: pa.fs.FileSystem, root: str, s3: bool) -> list[Entry]:
 def _manifest_entries(source: str, fs: pa.fs.FileSystem, path: str) -> list[Entry]:
     with fs.open_input_stream(path) as f:
         data = f.read()
-    if path.endswith(".parquet"):
-        table = pq.read_table(io.BytesIO(data))
-    elif path.endswith(".csv"):
-        table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
-    else:
+    if not path.endswith((".parquet", ".csv")):
         raise StoreError(f"source {source}: a manifest must be .csv or .parquet (or give a folder)")
+    try:
+        if path.endswith(".parquet"):
+            table = pq.read_table(io.BytesIO(data))
+        else:
+            table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    except (pa.ArrowInvalid, OSError) as e:
+        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StoreError(f"manifest {source} cannot be read as {path.rsplit('.', 1)[1]}: {problem}") from e
     missing = {"path", "label"} - set(table.column_names)
     if missing:
         raise StoreError(f"manifest {source} lacks column(s) {sorted(missing)}; it needs path,label")

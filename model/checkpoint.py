@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from genre_sweep.errors import GenreSweepError
+from genre_sweep.store import write_atomic
 
 TRAINABLE = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
@@ -43,8 +44,8 @@ def save_checkpoint(
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     # each group's current hyperparameters (lr above all): a fresh optimizer would start from the initial ones
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
-    (path / STATE).write_text(
-        json.dumps({**state, "scheduler": sched, "param_groups": groups}, indent=2, sort_keys=True)
+    write_atomic(
+        path / STATE, json.dumps({**state, "scheduler": sched, "param_groups": groups}, indent=2, sort_keys=True)
     )
     return path
 
@@ -72,7 +73,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if not (path / STATE).exists():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE})")
     load_trainable(path, model)
-    state = json.loads((path / STATE).read_text())
+    try:
+        state = json.loads((path / STATE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path / STATE} is not valid JSON ({e}); the checkpoint is damaged") from e
     tensors = load_file(str(path / OPTIMIZER))
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

@@ -24,7 +24,7 @@ import optuna  # noqa: E402
 from genre_sweep.model.data import TrainData  # noqa: E402
 from genre_sweep.model.evaluate import plot_confusion  # noqa: E402
 from genre_sweep.model.export import export_model  # noqa: E402
-from genre_sweep.store import StoreOptions, filesystem, join, write_bytes  # noqa: E402
+from genre_sweep.store import StoreOptions, filesystem, join, write_atomic, write_bytes  # noqa: E402
 from genre_sweep.tune.configs import RetrainConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -250,4 +250,4 @@ def upload(local: Path, uri: str, options: StoreOptions) -> None:
 
 
 def save_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str))

@@ -18,6 +18,7 @@ from ray import tune
 
 from genre_sweep.cli import job_main
 from genre_sweep.config import resolve
+from genre_sweep.errors import one_line, user_error
 from genre_sweep.jobs import worker_logging
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.data import TrainData, load_data
@@ -107,8 +108,23 @@ def load_results(cfg: RetrainConfig) -> tune.ResultGrid:
 
 
 def best_trial(cfg: RetrainConfig, results: tune.ResultGrid) -> BestTrial:
-    """The trial with the best epoch of all by ``cfg.metric``, and that epoch."""
-    best = results.get_best_result(metric=cfg.metric, mode="max", scope="all")
+    """The trial with the best epoch of all by ``cfg.metric``, and that epoch; SweepError when no trial has one."""
+    scored = [
+        r
+        for r in results
+        if r.metrics_dataframe is not None
+        and cfg.metric in r.metrics_dataframe
+        and r.metrics_dataframe[cfg.metric].notna().any()
+    ]
+    if not scored:
+        failed = [r for r in results if r.error is not None]
+        first = failed and (user_error(failed[0].error) or getattr(failed[0].error, "cause", failed[0].error))
+        why = f"; the first error: {one_line(first)} (in {failed[0].path})" if failed else ""
+        raise SweepError(
+            f"no trial of {cfg.root} reported a {cfg.metric} to retrain from ({len(failed)} of {len(results)} "
+            f"trials failed{why})"
+        )
+    best = results.get_best_result(metric=cfg.metric, mode="max", scope="all", filter_nan_and_inf=True)
     df = best.metrics_dataframe
     row = df.loc[df[cfg.metric].idxmax()]
     return BestTrial(
@@ -133,6 +149,8 @@ def retrain_and_report(cfg: RetrainConfig, results: tune.ResultGrid) -> dict[str
         **best.config,
     }
     data = load_data(cfg.shards, cfg.options, splits=("train", "val", "test"))
+    if len(data.splits["test"]) == 0:
+        raise SweepError(f"{cfg.shards} has no test split (prepared with a test fraction of 0): nothing to test on")
     task = ray.remote(retrain_on_a_trial_node).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
     seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
     outcome = ray.get(task.remote(values, data, seeds, cfg.prefix_cache))

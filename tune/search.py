@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from optuna.trial import TrialState
@@ -103,8 +104,24 @@ class PersistentASHA(ASHAScheduler):
             "rungs": [[[m, recorded] for m, recorded in internals.bracket_rungs(b)] for b in brackets],
             "trial_bracket": {**self._saved_brackets, **assigned},
         }
-        fs, path = filesystem(self._state_uri, self._options)
-        write_bytes(fs, path, json.dumps(state).encode())
+        data = json.dumps(state).encode()
+        for attempt, wait in enumerate((1.0, 2.0, 4.0, None), start=1):
+            try:
+                fs, path = filesystem(self._state_uri, self._options)
+                write_bytes(fs, path, data)
+                return
+            except OSError as e:  # a store that is briefly unreachable must not end the sweep
+                if wait is None:
+                    log.warning("ASHA state not saved to %s (%s); the next decision saves it again", self._state_uri, e)
+                    return
+                log.warning(
+                    "ASHA state: writing %s failed (%s); attempt %d, retrying in %g s",
+                    self._state_uri,
+                    e,
+                    attempt,
+                    wait,
+                )
+                time.sleep(wait)
 
     def on_trial_add(self, tune_controller, trial) -> None:
         if trial.trial_id in self._saved_brackets:

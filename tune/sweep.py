@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 import ray
+import sqlalchemy
 from optuna.trial import TrialState
 from ray import tune
 
@@ -105,7 +106,7 @@ def build_tuner(
         metric=cfg.metric,
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-        storage=optuna.storages.RDBStorage(cfg.study_url()),
+        storage=study_storage(cfg.study_url()),
         study_name=cfg.name,
         default_epochs=space.max_epochs(),  # a trial's epochs when the space does not search them
     )
@@ -134,6 +135,20 @@ def build_tuner(
         ),
     )
     return tuner, scheduler
+
+
+def study_storage(url: str, attempts: int = 4) -> optuna.storages.RDBStorage:
+    """The study's RDB storage. Its set-up creates tables, which another process opening the same SQLite file
+    at that moment (optuna-dashboard, a script) can make fail once: retried, with a log line."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.OperationalError as e:
+            if attempt == attempts:
+                raise SweepError(f"--study-storage {url}: cannot open the study: {e.orig}") from e
+            log.warning("study storage %s busy (%s); retrying", url, e.orig)
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
 
 
 def _device_facts(device: str) -> dict[str, Any]:

@@ -34,3 +34,9 @@ def test_missing_required_fields_are_named():
 
 def test_effects_none_means_no_augmentation():
     assert resolve(PrepareConfig, {"source": "/a", "out": "/b", "effects": "none"}).effects == ()
+
+
+def test_a_split_without_validation_tracks_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match=r"train and val > 0 .* got \(0\.9, 0\.0, 0\.1\)"):
+        resolve(PrepareConfig, {"source": "/a", "out": "/b", "split": "0.9,0,0.1"})
+    assert resolve(PrepareConfig, {"source": "/a", "out": "/b", "split": "0.5,0.5,0"}).split == (0.5, 0.5, 0.0)

@@ -76,3 +76,17 @@ def test_split_is_deterministic_for_a_seed_and_changes_with_it():
 def test_every_label_keeps_a_training_track_even_when_tiny():
     splits = split_tracks(_tracks(1), (0.1, 0.45, 0.45), seed=0)
     assert set(splits.values()) == {"train"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("m.csv", b"path,label\na.wav,blues,extra\n", "cannot be read as csv: CSV parse error"),
+        ("m.parquet", b"PAR1 this is not parquet", "cannot be read as parquet"),
+    ],
+)
+def test_a_malformed_source_manifest_is_one_store_error_naming_it(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(StoreError, match=f"manifest {tmp_path / name} {message}") as e:
+        discover(str(tmp_path / name), GTZAN_GENRES, StoreOptions())
+    assert "\n" not in str(e.value)

@@ -78,3 +78,15 @@ def test_export_round_trip_gives_the_same_logits(small_shards, small_data, tmp_p
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "genre_sweep.json", "model.safetensors"]
     assert not any("lora" in k for k in loaded.state_dict())
     assert np.isfinite(after.numpy()).all()
+
+
+def test_a_truncated_checkpoint_state_is_one_line_not_a_traceback(small_shards, small_data, tmp_path, capsys):
+    from genre_sweep.cli import main
+
+    train(quick_config(small_shards, tmp_path, num_train_epochs="1"), small_data)
+    state = tmp_path / "checkpoints" / "epoch-001" / "state.json"
+    state.write_text(state.read_text()[:100])  # a write cut short
+    flags = ["--shards", str(small_shards), "--out", str(tmp_path), "--device", "cpu", "--resume", "auto"]
+    assert main(["train", *flags, "--num-train-epochs", "2", "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "state.json is not valid JSON" in err and len(err.splitlines()) == 1

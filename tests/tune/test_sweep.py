@@ -151,15 +151,29 @@ def test_a_killed_sweep_resumes_and_finishes_keeping_every_finished_trial(sweep_
             if t.state.name in ("COMPLETE", "PRUNED")
         }
 
+    log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(
         [sys.executable, "-m", "genre_sweep.tune.sweep", *args],
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
+
+    def finished_so_far() -> int:
+        """Finished study trials, read without Optuna: its storage set-up writes to the file the sweep creates."""
+        import sqlite3
+
+        try:
+            with sqlite3.connect(f"file:{storage / name / 'optuna.db'}?mode=ro", uri=True, timeout=1) as con:
+                (n,) = con.execute("SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()
+            return n
+        except sqlite3.Error:  # not created yet, or busy
+            return 0
+
     deadline = time.monotonic() + 240
-    while len(finished()) < 2 and time.monotonic() < deadline and driver.poll() is None:
+    while finished_so_far() < 2 and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(1)
+    assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]  # still mid-sweep
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-sweep
     driver.wait()
     before = finished()
@@ -262,3 +276,16 @@ def test_a_trial_given_a_gpu_it_cannot_use_fails_at_once_in_one_line(sweep_shard
     assert "cannot use CUDA although Ray reserved GPU" in errors[0] and "--device cpu" in errors[0]
     assert "Traceback" not in done.stderr
     assert not list(tmp_path.glob("g/run_trial_*"))  # no trial started on the CPU
+
+
+def test_a_sweep_whose_every_trial_fails_ends_in_one_line(sweep_shards, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(  # the tiny model has layers 0-11: every trial's model build fails
+        "space:\n  encoder_min_layer_to_update: null\n  num_train_epochs: null\n"
+        "fixed:\n  encoder_min_layer_to_update: 12\n  num_train_epochs: 1\n"
+    )
+    args = sweep_args(sweep_shards, tmp_path, "f", space, 2, "--no-prefix-cache", "--max-failures", "0")
+    assert sweep_main([*args, "--retrain-seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no trial of") and "2 of 2 trials failed" in err[-1]
+    assert "encoder_min_layer_to_update 12 must be in [0, 11]" in err[-1]
