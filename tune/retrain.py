@@ -118,8 +118,11 @@ def best_trial(cfg: RetrainConfig, results: tune.ResultGrid) -> BestTrial:
     ]
     if not scored:
         failed = [r for r in results if r.error is not None]
-        first = failed and (user_error(failed[0].error) or getattr(failed[0].error, "cause", failed[0].error))
-        why = f"; the first error: {one_line(first)} (in {failed[0].path})" if failed else ""
+        why = ""
+        if failed:
+            error = failed[0].error  # Ray's wrapper: the trial's own error is its cause
+            cause = user_error(error) or getattr(error, "cause", error)
+            why = f"; the first error: {one_line(cause)} (in {failed[0].path})"
         raise SweepError(
             f"no trial of {cfg.root} reported a {cfg.metric} to retrain from ({len(failed)} of {len(results)} "
             f"trials failed{why})"
