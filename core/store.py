@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
 from genre_sweep.config import field
-from genre_sweep.errors import GenreSweepError
+from genre_sweep.errors import GenreSweepError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,32 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+STORE_RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 16.0)  # about 30 s of an outage before giving up
+
+
+def with_retries(
+    action: Callable[[], None], what: str, waits: tuple[float, ...] = STORE_RETRY_WAITS_S, fatal: bool = True
+) -> bool:
+    """Run ``action``; a storage error (pyarrow's ``OSError``: unreachable, timed out) is retried after each of
+    ``waits`` seconds with a warning, so a store that goes away for a while costs time, not the run.
+
+    When every attempt failed: re-raises (``fatal``), or logs that ``what`` was skipped and returns False.
+    """
+    for attempt, wait in enumerate((*waits, None), start=1):
+        try:
+            action()
+            return True
+        except OSError as e:
+            if wait is None:
+                if fatal:
+                    raise
+                log.warning("could not %s after %d attempts (%s); going on without it", what, attempt, one_line(e))
+                return False
+            log.warning("could not %s (%s); attempt %d, retrying in %g s", what, one_line(e), attempt, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 def list_files(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     """Every file below ``path`` (recursively), sorted by path; empty if ``path`` does not exist."""
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
@@ -119,6 +147,8 @@ def prepare_destination(uri: str, options: StoreOptions, overwrite: bool) -> tup
     Raises StoreError with a clear message when the store can't be reached or holds files.
     """
     fs, path = filesystem(uri, options)
+    if is_s3(uri) and "/" not in path:
+        raise StoreError(f"{uri} is a bucket root; give a prefix of its own, e.g. {uri.rstrip('/')}/corpus")
     try:
         existing = list_files(fs, path)
     except OSError as e:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from genre_sweep.cli import job_main
 from genre_sweep.data.configs import SPLITS, InspectConfig
 from genre_sweep.data.shards import open_dataset
-from genre_sweep.store import StoreError, StoreOptions, filesystem, join
+from genre_sweep.store import StoreError, StoreOptions, filesystem
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def describe(uri: str, options: StoreOptions) -> str:
     ds = open_dataset(uri, options)
     m = ds.manifest
     fs, root = filesystem(uri, options)
-    schema = pq.read_schema(join(root, m["shards"][0]["path"]), filesystem=fs) if m["shards"] else None
+    schema = pq.read_schema(ds.shard_path(root, m["shards"][0]), filesystem=fs) if m["shards"] else None
     lines = [f"dataset {uri} (format {m['format_version']}, sources fingerprint {m['sources']['fingerprint'][:12]})"]
     f = m["features"]
     lines.append(
@@ -31,7 +31,7 @@ def describe(uri: str, options: StoreOptions) -> str:
         shards = ds.shards(split)
         rows = 0
         for s in shards:
-            n = pq.read_metadata(join(root, s["path"]), filesystem=fs).num_rows
+            n = pq.read_metadata(ds.shard_path(root, s), filesystem=fs).num_rows
             if n != s["rows"]:
                 raise StoreError(f"shard {s['path']} has {n} rows, manifest says {s['rows']}")
             rows += n

@@ -1,8 +1,8 @@
 """The Ray Data pipeline of ``prepare``: tracks -> rows (decode, augment, featurise) -> Parquet shards.
 
 The only module in ``data/`` that imports Ray. ``ShardSink`` writes each block's accepted rows as one
-shard per split and hands back counts and rejections, so the driver writes ``manifest.json`` last
-from what was actually written.
+shard per split into this run's version folder and hands back counts and rejections, so the driver
+publishes ``manifest.json`` last from what was actually written (``data.publish``).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from ray.data.datasource import Datasink, WriteResult
 
 from genre_sweep.data.configs import SPLITS, PrepareConfig, TrackSettings
 from genre_sweep.data.features import AST_MEAN, AST_STD, FRAME_SHIFT, SAMPLE_RATE
-from genre_sweep.data.shards import FORMAT_VERSION, results_table, shard_table, write_manifest, write_shard
+from genre_sweep.data.publish import open_destination
+from genre_sweep.data.shards import FORMAT_VERSION, manifest_bytes, results_table, shard_table, write_shard
 from genre_sweep.data.sources import Rejection, discover, work_items
 from genre_sweep.data.tracks import process_track
 from genre_sweep.errors import GenreSweepError
 from genre_sweep.ray_start import init_ray, resource_offered
-from genre_sweep.store import StoreOptions, filesystem, join, prepare_destination
+from genre_sweep.store import StoreError, StoreOptions, filesystem, join
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,10 @@ class ShardSink(Datasink[dict]):
                     continue
                 first = rows.slice(0, 1).to_pylist()[0]
                 name = f"{split}/part-{first['track_index']:05d}-{first['variant']}-{first['window']:02d}.parquet"
-                write_shard(fs, join(root, name), shard_table(rows, self.frames, self.mel_bins))
+                try:
+                    write_shard(fs, join(root, name), shard_table(rows, self.frames, self.mel_bins))
+                except OSError as e:  # the store went away: one line naming it, not pyarrow's traceback
+                    raise StoreError(f"cannot write shard {name} to {self.uri}: {e}") from e
                 genres, rows_per_genre = _value_counts(rows.column("genre"))
                 out["shards"].append(
                     {
@@ -133,7 +137,7 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Run the whole pipeline; returns the manifest it wrote. Raises PrepareError or StoreError."""
     start = time.perf_counter()
     options = cfg.options
-    fs, root = prepare_destination(cfg.out, options, cfg.overwrite)
+    dest = open_destination(cfg.out, options, cfg.overwrite)  # checked, nothing removed (see data.publish)
     tracks, discovery_rejects = discover(cfg.source, cfg.genres, options)
     empty = [g for g in cfg.genres if not any(t.label == g for t in tracks)]
     if empty:
@@ -148,6 +152,9 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
             "drop the flag, or add it to a node type's resources"
         )
     DataContext.get_current().execution_options.preserve_order = True  # same shards on every run
+    # A failed task's error reaches run_job (one line for ours, a traceback for a bug); Ray Data's own copy
+    # of its traceback, logged as it aborts, would only bury that line.
+    logging.getLogger("ray.data._internal.execution.streaming_executor_state").setLevel(logging.CRITICAL)
     settings = cfg.track_settings()
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / cfg.tracks_per_task)))
     ds = ds.map_batches(
@@ -159,7 +166,7 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
         # only on the nodes advertising it (cluster.yaml's CPU nodes), so prepare never starts a GPU worker
         resources={cfg.task_resource: 1} if cfg.task_resource else None,
     )
-    sink = ShardSink(cfg.out, options, cfg.frames, cfg.mel_bins)
+    sink = ShardSink(dest.version_uri, options, cfg.frames, cfg.mel_bins)
     ds.write_datasink(sink)
     assert sink.result is not None
     written = sink.result
@@ -178,6 +185,7 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     audio_seconds = sum(t["duration_s"] for t in per_track.values() if t["accepted"])
     manifest = {
         "format_version": FORMAT_VERSION,
+        "version_dir": dest.version,
         "config": dataclasses.asdict(cfg),
         "genres": list(cfg.genres),
         "features": {
@@ -212,7 +220,7 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
             "audio_s_per_s": round(audio_seconds / wall, 2),
         },
     }
-    write_manifest(fs, root, manifest)
+    dest.publish(manifest_bytes(manifest))
     return manifest
 
 

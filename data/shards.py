@@ -1,4 +1,4 @@
-"""The on-store dataset format: Parquet shards per split plus a ``manifest.json`` written last.
+"""The on-store dataset format: Parquet shards per split plus a ``manifest.json`` written last (``data.publish``).
 
 A dataset is complete only when its manifest exists and every shard it lists is present with the
 listed row count; ``open_dataset`` refuses anything else.
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genre_sweep.data.tracks import TrackResult
-from genre_sweep.store import StoreError, StoreOptions, filesystem, join, write_bytes
+from genre_sweep.store import StoreError, StoreOptions, filesystem, join
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -98,8 +98,8 @@ def write_shard(fs: pa.fs.FileSystem, path: str, table: pa.Table) -> None:
         pq.write_table(table, f, compression="zstd")
 
 
-def write_manifest(fs: pa.fs.FileSystem, root: str, manifest: dict[str, Any]) -> None:
-    write_bytes(fs, join(root, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +125,17 @@ class Dataset:
     def shards(self, split: str) -> list[dict[str, Any]]:
         return [s for s in self.manifest["shards"] if s["split"] == split]
 
+    def shard_path(self, root: str, shard: dict[str, Any]) -> str:
+        """A shard's path under the dataset's ``root``: inside the version folder the manifest publishes
+        (``data.publish``), or at the root for datasets written before version folders."""
+        return join(root, self.manifest.get("version_dir", ""), shard["path"])
+
     def read_split(self, split: str, columns: list[str] | None = None) -> pa.Table:
         """Every row of ``split``; fails if a listed shard is missing or has another row count."""
         fs, root = filesystem(self.uri, self.options)
         tables = []
         for shard in self.shards(split):
-            path = join(root, shard["path"])
+            path = self.shard_path(root, shard)
             try:
                 table = pq.read_table(path, filesystem=fs, columns=columns)
             except (OSError, pa.ArrowInvalid) as e:

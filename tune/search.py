@@ -2,7 +2,8 @@
 
 - ``PruneAwareOptunaSearch``: a trial that ASHA stopped before its own epoch count is told to the
   Optuna study as PRUNED (with its per-epoch intermediate values), not as COMPLETE with a low-budget
-  score, which would mislead TPE.
+  score, which would mislead TPE; and a trial the study already holds as finished (told by a driver
+  killed before Tune's next snapshot) is never told again.
 - ``PersistentASHA``: ASHA whose rungs (every trial's recorded score at every milestone) and
   trial-to-bracket assignment are written as JSON after each change and reloaded on resume; Tune does
   not save scheduler state on its own.
@@ -12,17 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from genre_sweep.store import StoreOptions, filesystem, write_bytes
+from genre_sweep.store import StoreError, StoreOptions, filesystem, with_retries, write_bytes
 from genre_sweep.tune import internals
 
 log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -47,7 +49,29 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._planned[trial_id] = int(config.get("num_train_epochs", self._default_epochs))
         return config
 
+    def told_before(self, trial_id: str) -> bool:
+        """True when the study already holds this trial as finished: a driver told it, then was killed before
+        Tune's next snapshot of this searcher, so the resumed sweep runs it again. Telling a finished Optuna
+        trial anything raises, and it must not be counted twice: its results are ignored."""
+        told = self.__dict__.setdefault("_told_before", set())  # (absent from snapshots taken before it existed)
+        if trial_id in told:
+            return True
+        ot_trial = internals.optuna_trial(self, trial_id)
+        if ot_trial is None:
+            return False
+        finished = internals.optuna_study(self).get_trials(deepcopy=False, states=FINISHED)
+        if any(t.number == ot_trial.number for t in finished):
+            told.add(trial_id)
+            internals.completed_trials(self).add(trial_id)
+            log.info(
+                "trial %s is already finished in the study (study trial %d): not told again", trial_id, ot_trial.number
+            )
+            return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.told_before(trial_id):
+            return
         super().on_trial_result(trial_id, result)
         value = result.get(self.metric)
         if value is not None:
@@ -55,6 +79,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._reported.setdefault(trial_id, set()).add(result.get("training_iteration"))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self.told_before(trial_id):
+            return
         ot_trial, completed = internals.optuna_trial(self, trial_id), internals.completed_trials(self)
         if error or not result or ot_trial is None or trial_id in completed:
             super().on_trial_complete(trial_id, result, error)
@@ -80,19 +106,38 @@ class PersistentASHA(ASHAScheduler):
         self._saved_brackets: dict[str, int] = {}
 
     def restore_state(self) -> bool:
-        """Load saved rungs if the state file exists; True if it did."""
+        """Load saved rungs if the state file exists and reads; True if it did.
+
+        A damaged file (truncated by a kill mid-write in versions that wrote in place, or edited) is not a
+        reason to lose the sweep: the rungs start empty, with a warning, and ASHA compares the resumed
+        trials only with those still to come.
+        """
         fs, path = filesystem(self._state_uri, self._options)
         try:
             with fs.open_input_stream(path) as f:
-                state = json.loads(f.read())
+                raw = f.read()
         except FileNotFoundError:
             return False
+        except OSError as e:
+            raise StoreError(f"cannot read the ASHA state {self._state_uri}: {e}") from e
         brackets = internals.asha_brackets(self)
-        if len(state["rungs"]) != len(brackets):
-            raise ValueError(f"{self._state_uri}: saved ASHA state has another bracket count")
-        for bracket, rungs in zip(brackets, state["rungs"], strict=True):
-            internals.set_bracket_rungs(bracket, {float(m): recorded for m, recorded in rungs})
-        self._saved_brackets = state["trial_bracket"]
+        try:
+            state = json.loads(raw)
+            rungs = [{float(m): dict(recorded) for m, recorded in bracket} for bracket in state["rungs"]]
+            saved_brackets = {str(k): int(v) for k, v in state["trial_bracket"].items()}
+            if len(rungs) != len(brackets):
+                raise ValueError(f"{len(rungs)} brackets saved, {len(brackets)} configured")
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning(
+                "ASHA state %s is unreadable (%s): resuming with empty rungs, so trials resumed now are compared "
+                "only with later ones",
+                self._state_uri,
+                e,
+            )
+            return False
+        for bracket, bracket_rungs in zip(brackets, rungs, strict=True):
+            internals.set_bracket_rungs(bracket, bracket_rungs)
+        self._saved_brackets = saved_brackets
         log.info("ASHA state restored from %s (%d trials)", self._state_uri, len(self._saved_brackets))
         return True
 
@@ -105,23 +150,13 @@ class PersistentASHA(ASHAScheduler):
             "trial_bracket": {**self._saved_brackets, **assigned},
         }
         data = json.dumps(state).encode()
-        for attempt, wait in enumerate((1.0, 2.0, 4.0, None), start=1):
-            try:
-                fs, path = filesystem(self._state_uri, self._options)
-                write_bytes(fs, path, data)
-                return
-            except OSError as e:  # a store that is briefly unreachable must not end the sweep
-                if wait is None:
-                    log.warning("ASHA state not saved to %s (%s); the next decision saves it again", self._state_uri, e)
-                    return
-                log.warning(
-                    "ASHA state: writing %s failed (%s); attempt %d, retrying in %g s",
-                    self._state_uri,
-                    e,
-                    attempt,
-                    wait,
-                )
-                time.sleep(wait)
+
+        def write() -> None:
+            fs, path = filesystem(self._state_uri, self._options)
+            write_bytes(fs, path, data)
+
+        # a store that is briefly unreachable must not end the sweep; the next decision saves it again
+        with_retries(write, f"write the ASHA state {self._state_uri}", waits=(1.0, 2.0, 4.0), fatal=False)
 
     def on_trial_add(self, tune_controller, trial) -> None:
         if trial.trial_id in self._saved_brackets:

@@ -12,6 +12,7 @@ from typing import Any
 from genre_sweep.config import resolve
 from genre_sweep.jobs import worker_logging
 from genre_sweep.model.configs import TrainConfig
+from genre_sweep.store import with_retries
 
 
 def run_trial(config: dict[str, Any], data: Any, base: dict[str, Any]) -> None:
@@ -38,6 +39,9 @@ def run_trial(config: dict[str, Any], data: Any, base: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, Any], ckpt: Path) -> None:
-        tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+        checkpoint = tune.Checkpoint.from_directory(str(ckpt))
+        # Tune uploads the checkpoint inside report() before it records the result, so a report that failed
+        # recorded nothing and is safe to repeat (the failed upload's partial folder stays unreferenced).
+        with_retries(lambda: tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint), "report an epoch")
 
     train(resolve(TrainConfig, values), data, report=report, started=started)

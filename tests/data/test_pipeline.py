@@ -156,30 +156,34 @@ def test_two_runs_write_identical_shards(ray_local, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     ma = run_prepare(_config(corpus, a))
     mb = run_prepare(_config(corpus, b))
-    files = sorted(p.relative_to(a) for p in a.rglob("*.parquet"))
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*.parquet")) and files
+    va, vb = a / ma["version_dir"], b / mb["version_dir"]  # each run's own version folder
+    files = sorted(p.relative_to(va) for p in va.rglob("*.parquet"))
+    assert files == sorted(p.relative_to(vb) for p in vb.rglob("*.parquet")) and files
     for f in files:
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+        assert (va / f).read_bytes() == (vb / f).read_bytes(), f
     assert ma["shards"] == mb["shards"] and ma["sources"]["fingerprint"] == mb["sources"]["fingerprint"]
 
 
-def test_a_non_empty_destination_is_refused_unless_overwrite(ray_local, prepared, messy_corpus, tmp_path):
+def test_a_dataset_is_replaced_only_with_overwrite_and_leaves_no_older_version(
+    ray_local, prepared, messy_corpus, tmp_path
+):
     out, _ = prepared
-    with pytest.raises(StoreError, match="not empty.*--overwrite"):
+    with pytest.raises(StoreError, match="already holds a dataset; pass --overwrite"):
         run_prepare(_config(messy_corpus, out))
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    (copy / "stale.txt").write_text("old")
-    run_prepare(_config(messy_corpus, copy, overwrite=True, effects="none"))
-    assert not (copy / "stale.txt").exists()
+    old_version = open_dataset(str(copy)).manifest["version_dir"]
+    manifest = run_prepare(_config(messy_corpus, copy, overwrite=True, effects="none"))
     assert open_dataset(str(copy)).manifest["config"]["effects"] == []
+    assert sorted(p.name for p in copy.iterdir()) == sorted(["manifest.json", manifest["version_dir"]])
+    assert manifest["version_dir"] != old_version
 
 
 def test_readers_refuse_a_dataset_without_manifest_or_with_a_missing_shard(prepared, tmp_path):
     out, manifest = prepared
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    (copy / manifest["shards"][0]["path"]).unlink()
+    (copy / manifest["version_dir"] / manifest["shards"][0]["path"]).unlink()
     with pytest.raises(StoreError, match="unreadable"):
         open_dataset(str(copy)).read_split(manifest["shards"][0]["split"])
     (copy / "manifest.json").unlink()
@@ -205,7 +209,7 @@ def test_a_genre_with_no_tracks_at_all_stops_before_any_work(ray_local, tmp_path
 
 def test_shards_are_parquet_with_float16_tensor_features(prepared):
     out, manifest = prepared
-    table = pq.read_table(out / manifest["shards"][0]["path"])
+    table = pq.read_table(out / manifest["version_dir"] / manifest["shards"][0]["path"])
     assert str(table.schema.field("features").type.value_type) == "halffloat"
     assert features_array(table).shape[1:] == (1024, 128)
     assert {"label", "genre", "track_id", "window", "variant", "effect_params", "split"} <= set(table.column_names)

@@ -39,3 +39,52 @@ def test_the_asha_state_is_written_once_the_store_is_back_and_the_sweep_goes_on(
     finally:
         restart.join()
         back.stop()
+
+
+def test_a_trial_a_killed_driver_already_told_the_study_is_not_told_again(tmp_path, caplog):
+    """The driver told the study a trial had finished, then died before Tune's next snapshot of the searcher:
+    the resumed searcher (restored from that older snapshot) sees the trial finish again."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from genre_sweep.tune import internals
+    from genre_sweep.tune.search import PruneAwareOptunaSearch
+
+    def searcher() -> PruneAwareOptunaSearch:
+        return PruneAwareOptunaSearch(
+            space={"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
+            metric="val_clip_acc",
+            mode="max",
+            storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"),
+            study_name="s",
+            default_epochs=2,
+        )
+
+    first = searcher()
+    first.suggest("t1")
+    first.on_trial_result("t1", {"val_clip_acc": 0.5, "training_iteration": 1})
+    first.save(str(tmp_path / "snapshot.pkl"))  # Tune's experiment snapshot, taken after epoch 1
+    first.on_trial_result("t1", {"val_clip_acc": 0.7, "training_iteration": 2})
+    first.on_trial_complete("t1", {"val_clip_acc": 0.7, "training_iteration": 2})  # told: COMPLETE, 0.7
+    # ... the driver is killed here; the resumed sweep restores the snapshot and reruns epoch 2 from its checkpoint
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "snapshot.pkl"))
+    with caplog.at_level(logging.INFO, logger="genre_sweep.tune.search"):
+        resumed.on_trial_result("t1", {"val_clip_acc": 0.7, "training_iteration": 2})
+        resumed.on_trial_complete("t1", {"val_clip_acc": 0.7, "training_iteration": 2})
+    study = internals.optuna_study(resumed)
+    assert [(t.state, t.value, t.intermediate_values) for t in study.get_trials()] == [
+        (TrialState.COMPLETE, 0.7, {1: 0.5, 2: 0.7})
+    ]
+    assert "already finished in the study" in caplog.text
+
+
+def test_a_truncated_asha_state_resumes_with_empty_rungs_and_a_warning(tmp_path, caplog):
+    state = tmp_path / "sweep-asha-state.json"
+    state.write_text('{"rungs": [[[1.0, {"t1": 0.5')  # cut off mid-write
+    asha = PersistentASHA(state_uri=str(state), options=StoreOptions(), max_t=9, grace_period=1, reduction_factor=3)
+    with caplog.at_level(logging.WARNING, logger="genre_sweep.tune.search"):
+        assert asha.restore_state() is False
+    assert "is unreadable" in caplog.text and "empty rungs" in caplog.text
+    asha._save()
+    assert json.loads(state.read_text())["trial_bracket"] == {}  # whole again after the next decision
