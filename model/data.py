@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from genre_sweep.data.shards import Dataset, features_array, open_dataset
-from genre_sweep.store import StoreOptions
+from genre_sweep.model.dora_ast import backbone_config
+from genre_sweep.store import StoreError, StoreOptions
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,18 @@ def load_data(uri: str, options: StoreOptions = StoreOptions(), splits=("train",
     loaded = {s: _split_arrays(ds, s) for s in splits}
     log.info("loaded %s from %s", ", ".join(f"{s}: {len(a)} windows" for s, a in loaded.items()), uri)
     return TrainData(loaded, tuple(ds.genres), ds.frames, ds.mel_bins, dataset_fingerprint(ds.manifest))
+
+
+def check_dataset(uri: str, pretrained: str, options: StoreOptions, splits: tuple[str, ...]) -> Dataset:
+    """What a job checks before it spends anything: the dataset opens (its manifest only), its windows fit
+    ``pretrained``, and each split it needs has rows. Raises StoreError or ModelError naming the problem."""
+    ds = open_dataset(uri, options)
+    backbone_config(pretrained, ds.frames, ds.mel_bins)  # raises ModelError naming the mismatch
+    rows = ds.manifest.get("summary", {}).get("rows_out", {})
+    empty = [s for s in splits if rows.get(s, 0) == 0]
+    if empty:
+        raise StoreError(f"{uri} has no rows in its {', '.join(empty)} split (see its manifest's split fractions)")
+    return ds
 
 
 def dataset_fingerprint(manifest: dict[str, Any]) -> str:

@@ -52,6 +52,9 @@ def backbone_config(pretrained: str, frames: int, mel_bins: int) -> tuple[ASTCon
             attn_implementation="sdpa",
         )
         return cfg, None
+    if Path(pretrained).exists() and not (Path(pretrained) / "config.json").is_file():
+        # transformers 5 returns a default config for such a folder instead of failing
+        raise ModelError(f"--pretrained: {pretrained} is a local path but has no AST config.json")
     try:
         if not Path(pretrained).exists() and os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
             raise OSError("the hub is unreachable")  # fail now, not after the hub client's retries

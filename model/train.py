@@ -34,7 +34,7 @@ from genre_sweep.model.checkpoint import (
     save_checkpoint,
 )
 from genre_sweep.model.configs import TrainConfig
-from genre_sweep.model.data import SplitArrays, TrainData, as_tensor, load_data
+from genre_sweep.model.data import SplitArrays, TrainData, as_tensor, check_dataset, load_data
 from genre_sweep.model.device import autocast, describe, resolve_device
 from genre_sweep.model.dora_ast import GenreClassifier, build_model
 from genre_sweep.model.export import export_model
@@ -260,6 +260,7 @@ def _prune(run_dir: Path, keep: set[int]) -> None:
 
 
 def run(cfg: TrainConfig) -> None:
+    check_dataset(cfg.shards, cfg.pretrained, cfg.options, splits=("train", "val"))  # seconds, before any loading
     data = load_data(cfg.shards, cfg.options, splits=("train", "val"))
     result = train(cfg, data)
     path = export_model(result.model, Path(cfg.out) / "model", data.genres, data.frames, data.mel_bins)

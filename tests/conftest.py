@@ -45,6 +45,51 @@ def s3_endpoint():
     server.stop()
 
 
+class RestartableS3:
+    """A moto S3 server on a fixed loopback port that a test can stop and start again: moto keeps its buckets in
+    this process, so the store comes back as it was, like a real one after an outage."""
+
+    def __init__(self):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = None
+        self.start()
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def outage(self, seconds: float) -> None:
+        self.stop()
+        import time
+
+        time.sleep(seconds)
+        self.start()
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+
+@pytest.fixture
+def restartable_s3():
+    server = RestartableS3()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def s3_bucket(s3_endpoint, request):
     import boto3

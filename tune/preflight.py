@@ -17,15 +17,17 @@ from typing import Any
 import jsonschema
 import ray
 import yaml
+from ray import tune
 
 from genre_sweep.cli import job_main
-from genre_sweep.data.shards import open_dataset
-from genre_sweep.model.dora_ast import ModelError, backbone_config
+from genre_sweep.model.data import check_dataset
+from genre_sweep.model.dora_ast import ModelError
 from genre_sweep.ray_start import RayConnectError, init_ray
 from genre_sweep.store import StoreError, StoreOptions, filesystem, join, write_bytes
 from genre_sweep.tune.capacity import cluster_capacity, from_cluster_config
-from genre_sweep.tune.configs import PreflightConfig
+from genre_sweep.tune.configs import PreflightConfig, RetrainConfig, SweepError
 from genre_sweep.tune.internals import prepare_cluster_config
+from genre_sweep.tune.study import read_marker, resumed_study_url
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,23 @@ def check_storage_writable(uri: str, options: StoreOptions) -> None:
 
 
 def check_shards_match_model(shards: str, pretrained: str, options: StoreOptions) -> str:
-    ds = open_dataset(shards, options)
-    backbone_config(pretrained, ds.frames, ds.mel_bins)  # raises ModelError naming the mismatch
+    ds = check_dataset(shards, pretrained, options, splits=("train", "val", "test"))
     return f"{len(ds.genres)} genres, windows of {ds.frames} x {ds.mel_bins} fit {pretrained}"
+
+
+def before_sweep(cfg: RetrainConfig, existing: str | None, test_split: bool) -> str:
+    """The checks of this module that apply to a sweep or a retrain, run before Ray starts anything, so a bad
+    input costs seconds: the shards fit the model and hold the splits needed, the storage is writable, and
+    for ``existing`` (``--resume``, ``retrain``) the sweep is there and ours. Returns the study URL to use
+    (a resumed sweep's own, restored from the storage's copy when the driver has none)."""
+    check_dataset(cfg.shards, cfg.pretrained, cfg.options, ("train", "val", "test") if test_split else ("train", "val"))
+    check_storage_writable(cfg.storage, cfg.options)
+    if existing is None:
+        return cfg.study_url()
+    fs, storage_path = filesystem(cfg.storage, cfg.options)
+    if not tune.Tuner.can_restore(storage_path + "/" + cfg.name, storage_filesystem=fs):
+        raise SweepError(f"{existing}: no sweep named {cfg.name!r} in {cfg.storage}")
+    return resumed_study_url(cfg, read_marker(cfg, existing))
 
 
 def run_checks(cfg: PreflightConfig) -> list[tuple[str, bool, str]]:

@@ -52,5 +52,10 @@ class SweepProgress(tune.Callback):
             best,
         )
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epoch = int((trial.last_result or {}).get("training_iteration", 0))
+        where = f"its checkpoint of epoch {epoch}" if trial.checkpoint is not None else "its start (no checkpoint yet)"
+        log.warning("trial %s failed (failure %d); retrying it from %s", trial.trial_id, trial.num_failures, where)
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         log.warning("trial %s failed: see %s (it is retried up to --max-failures times)", trial.trial_id, trial.path)

@@ -6,6 +6,7 @@ resources (a GPU node on a cluster) and hands the outcome to ``report.write_repo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import sys
@@ -29,6 +30,7 @@ from genre_sweep.model.train import train
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import filesystem
 from genre_sweep.tune.configs import RetrainConfig, SweepError
+from genre_sweep.tune.preflight import before_sweep
 from genre_sweep.tune.report import BestTrial, write_report
 from genre_sweep.tune.space import load_space
 from genre_sweep.tune.trial import run_trial
@@ -99,11 +101,9 @@ def retrain_on_a_trial_node(values: dict[str, Any], data: TrainData, seeds: list
 
 
 def load_results(cfg: RetrainConfig) -> tune.ResultGrid:
-    """The ResultGrid of a finished sweep in ``cfg``'s storage."""
+    """The ResultGrid of a finished sweep in ``cfg``'s storage (checked to be there and ours: ``before_sweep``)."""
     fs, storage_path = filesystem(cfg.storage, cfg.options)
     path = storage_path + "/" + cfg.name
-    if not tune.Tuner.can_restore(path, storage_filesystem=fs):
-        raise SweepError(f"no sweep named {cfg.name!r} in {cfg.storage}")
     return tune.Tuner.restore(path, trainable=run_trial, storage_filesystem=fs).get_results()
 
 
@@ -174,6 +174,7 @@ def retrain_and_report(cfg: RetrainConfig, results: tune.ResultGrid) -> dict[str
 
 
 def run(cfg: RetrainConfig) -> None:
+    cfg = dataclasses.replace(cfg, study_storage=before_sweep(cfg, "retrain", test_split=True))
     init_ray(cfg.ray_address)
     retrain_and_report(cfg, load_results(cfg))
 

@@ -21,6 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from genre_sweep.store import StoreError, StoreOptions, filesystem, with_retries, write_bytes
 from genre_sweep.tune import internals
+from genre_sweep.tune.study import StudyBackup
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,10 @@ class PruneAwareOptunaSearch(OptunaSearch):
     value (which Tune hands to ``on_trial_complete``, not ``on_trial_result``) is reported too.
     """
 
-    def __init__(self, *args: Any, default_epochs: int, **kwargs: Any):
+    def __init__(self, *args: Any, default_epochs: int, backup: StudyBackup | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._default_epochs = default_epochs
+        self._backup = backup  # copies a SQLite study to the sweep's storage after each finished trial
         self._planned: dict[str, int] = {}
         self._best: dict[str, float] = {}
         self._reported: dict[str, set[int]] = {}  # epochs already reported to each trial's Optuna trial
@@ -84,7 +86,13 @@ class PruneAwareOptunaSearch(OptunaSearch):
         ot_trial, completed = internals.optuna_trial(self, trial_id), internals.completed_trials(self)
         if error or not result or ot_trial is None or trial_id in completed:
             super().on_trial_complete(trial_id, result, error)
-            return
+        else:
+            self._tell(trial_id, result, ot_trial)
+            completed.add(trial_id)
+        if getattr(self, "_backup", None) is not None:
+            self._backup.save()
+
+    def _tell(self, trial_id: str, result: dict, ot_trial: Any) -> None:
         done, value = result.get("training_iteration", 0), result.get(self.metric)
         if value is not None and done not in self._reported.get(trial_id, ()):
             ot_trial.report(value, done)  # the last epoch, where Tune passed it here and not to on_trial_result
@@ -94,7 +102,6 @@ class PruneAwareOptunaSearch(OptunaSearch):
             study.tell(ot_trial, state=TrialState.PRUNED)
         else:  # a trial's score is its best epoch, the one training keeps
             study.tell(ot_trial, self._best.get(trial_id))
-        completed.add(trial_id)
 
 
 class PersistentASHA(ASHAScheduler):

@@ -9,6 +9,7 @@ can watch it; ``--resume`` finishes an interrupted sweep with its trials and ASH
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -18,8 +19,6 @@ from typing import Any
 
 import optuna
 import ray
-import sqlalchemy
-from optuna.trial import TrialState
 from ray import tune
 
 from genre_sweep.cli import job_main
@@ -32,10 +31,12 @@ from genre_sweep.store import filesystem
 from genre_sweep.tune import internals
 from genre_sweep.tune.capacity import Capacity, cluster_capacity
 from genre_sweep.tune.configs import SweepConfig, SweepError
+from genre_sweep.tune.preflight import before_sweep
 from genre_sweep.tune.progress import SweepProgress
 from genre_sweep.tune.retrain import retrain_and_report
 from genre_sweep.tune.search import PersistentASHA, PruneAwareOptunaSearch
 from genre_sweep.tune.space import load_space
+from genre_sweep.tune.study import close_interrupted, open_storage, study_backup, write_marker
 from genre_sweep.tune.trial import run_trial
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def capacity_requested(capacity: Capacity, trials: int, cpus: float, gpus: float
 def build_tuner(
     cfg: SweepConfig, data_ref: Any, base: dict[str, Any], at_once: int
 ) -> tuple[tune.Tuner, PersistentASHA]:
-    """The Tuner (new, or restored with ``--resume``) and the ASHA scheduler it uses."""
+    """The Tuner (new, or restored with ``--resume``) and the ASHA scheduler it uses; ``cfg.study_storage`` is set
+    (``before_sweep``)."""
     space = load_space(cfg.space)
     fs, storage_path = filesystem(cfg.storage, cfg.options)  # with a filesystem given, Tune wants bucket/key paths
     experiment_path = storage_path + "/" + cfg.name
@@ -94,19 +96,20 @@ def build_tuner(
         max_t=cfg.max_t or space.max_epochs(),
         # metric and mode come from TuneConfig (restored with the Tuner), so Tune's table and ResultGrid know them
     )
-    if cfg.resume:
-        if not tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
-            raise SweepError(f"--resume: no sweep to resume at {cfg.root}")
+    if cfg.resume:  # before_sweep checked that it is there, and ours
         scheduler.restore_state()
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
         internals.set_restored_scheduler(tuner, scheduler)  # Tune does not save the scheduler itself
         return tuner, scheduler
+    url = cfg.study_url()
+    write_marker(cfg, url)
     searcher = PruneAwareOptunaSearch(
         space=space.distributions(),
         metric=cfg.metric,
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-        storage=study_storage(cfg.study_url()),
+        storage=open_storage(url),
+        backup=study_backup(cfg, url),  # with S3 storage, the SQLite study is copied there after each trial
         study_name=cfg.name,
         default_epochs=space.max_epochs(),  # a trial's epochs when the space does not search them
     )
@@ -135,20 +138,6 @@ def build_tuner(
         ),
     )
     return tuner, scheduler
-
-
-def study_storage(url: str, attempts: int = 4) -> optuna.storages.RDBStorage:
-    """The study's RDB storage. Its set-up creates tables, which another process opening the same SQLite file
-    at that moment (optuna-dashboard, a script) can make fail once: retried, with a log line."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return optuna.storages.RDBStorage(url)
-        except sqlalchemy.exc.OperationalError as e:
-            if attempt == attempts:
-                raise SweepError(f"--study-storage {url}: cannot open the study: {e.orig}") from e
-            log.warning("study storage %s busy (%s); retrying", url, e.orig)
-            time.sleep(attempt)
-    raise AssertionError("unreachable")
 
 
 def _device_facts(device: str) -> dict[str, Any]:
@@ -192,8 +181,18 @@ def cached_data(cfg: SweepConfig, data_ref: Any) -> Any:
     return data_with_cache
 
 
+def checked(cfg: SweepConfig) -> SweepConfig:
+    """``cfg`` once the inputs passed ``before_sweep``, with the study it is to use."""
+    url = before_sweep(cfg, "--resume" if cfg.resume else None, test_split=cfg.retrain)
+    return dataclasses.replace(cfg, study_storage=url)
+
+
 def run_sweep(cfg: SweepConfig) -> tune.ResultGrid:
-    """Run (or resume) the sweep; returns Tune's ResultGrid."""
+    """Check the inputs, then run (or resume) the sweep; returns Tune's ResultGrid."""
+    return run_checked(checked(cfg))
+
+
+def run_checked(cfg: SweepConfig) -> tune.ResultGrid:
     init_ray(cfg.ray_address)
     capacity, at_once = plan(cfg)
     with capacity_requested(capacity, at_once, cfg.cpus_per_trial, cfg.gpus_per_trial):
@@ -227,20 +226,16 @@ def _sweep(cfg: SweepConfig, at_once: int) -> tune.ResultGrid:
         cfg.study_url(),
     )
     results = tuner.fit()
-    close_interrupted(cfg)
+    close_interrupted(cfg.name, cfg.study_url())
+    backup = study_backup(cfg, cfg.study_url())
+    if backup is not None:
+        backup.save()
     return results
 
 
-def close_interrupted(cfg: SweepConfig) -> None:
-    """After a finished sweep nothing runs: a study trial still RUNNING was cut off by a killed driver."""
-    study = optuna.load_study(study_name=cfg.name, storage=cfg.study_url())
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL)
-        log.warning("study trial %d was interrupted (the sweep's driver stopped mid-trial): marked failed", t.number)
-
-
 def run(cfg: SweepConfig) -> None:
-    results = run_sweep(cfg)
+    cfg = checked(cfg)
+    results = run_checked(cfg)
     if cfg.retrain:
         retrain_and_report(cfg, results)
 

@@ -3,15 +3,12 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from genre_sweep.config import resolve
 from genre_sweep.data.configs import PrepareConfig
@@ -109,18 +106,10 @@ def test_a_killed_prepare_leaves_the_old_dataset_and_the_next_run_leaves_no_stra
     assert _files(dataset) == sorted(["manifest.json", *(f"{new['version_dir']}/{s['path']}" for s in new["shards"])])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_an_s3_outage_mid_prepare_is_one_line_and_the_same_command_completes_once_it_is_back(ray_local, corpus, capsys):
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    s3 = boto3.client("s3", endpoint_url=endpoint)
+def test_an_s3_outage_mid_prepare_is_one_line_and_the_same_command_completes_once_it_is_back(
+    ray_local, corpus, restartable_s3, capsys
+):
+    endpoint, s3 = restartable_s3.endpoint, restartable_s3.client()
     s3.create_bucket(Bucket="outage")
     out = "s3://outage/ds"
     command = ["--source", str(corpus), "--out", out, "--genres", "blues,jazz", "--s3-endpoint", endpoint]
@@ -133,7 +122,7 @@ def test_an_s3_outage_mid_prepare_is_one_line_and_the_same_command_completes_onc
         while time.monotonic() < deadline:
             keys = [o["Key"] for o in s3.list_objects_v2(Bucket="outage", Prefix="ds/").get("Contents", [])]
             if any(k.endswith(".parquet") and old["version_dir"] not in k for k in keys):
-                server.stop()
+                restartable_s3.stop()
                 return
             time.sleep(0.1)
 
@@ -147,16 +136,12 @@ def test_an_s3_outage_mid_prepare_is_one_line_and_the_same_command_completes_onc
         assert code == 2, err
         assert err[-1].startswith("error: cannot write") and out in err[-1], err
     finally:
-        back = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        back.start()  # moto keeps its buckets in the process: the store comes back as it was
-    try:
-        manifest = json.loads(s3.get_object(Bucket="outage", Key="ds/manifest.json")["Body"].read())
-        assert manifest == old  # no new manifest; the previous dataset still opens
-        assert open_dataset(out, StoreOptions(endpoint)).read_split("train").num_rows > 0
-        assert prepare_main(slow) == 0
-        new = open_dataset(out, StoreOptions(endpoint)).manifest
-        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="outage", Prefix="ds/")["Contents"])
-        expected = sorted(["ds/manifest.json", *(f"ds/{new['version_dir']}/{s['path']}" for s in new["shards"])])
-        assert [k for k in keys if not k.endswith("/")] == expected, (keys, expected)
-    finally:
-        back.stop()
+        restartable_s3.start()  # the store comes back as it was
+    manifest = json.loads(s3.get_object(Bucket="outage", Key="ds/manifest.json")["Body"].read())
+    assert manifest == old  # no new manifest; the previous dataset still opens
+    assert open_dataset(out, StoreOptions(endpoint)).read_split("train").num_rows > 0
+    assert prepare_main(slow) == 0
+    new = open_dataset(out, StoreOptions(endpoint)).manifest
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="outage", Prefix="ds/")["Contents"])
+    expected = sorted(["ds/manifest.json", *(f"ds/{new['version_dir']}/{s['path']}" for s in new["shards"])])
+    assert [k for k in keys if not k.endswith("/")] == expected  # directory markers aside: no stray object

@@ -1,0 +1,170 @@
+"""Sweeps under real faults: an S3 outage, a lost head's study, a damaged ASHA state, a killed trial process,
+a foreign folder to resume, and bad inputs that must cost seconds (issue 12's fault-injection suite)."""
+
+import logging
+import sqlite3
+import threading
+import time
+
+import optuna
+import psutil
+import pytest
+
+from genre_sweep.tune.sweep import main as sweep_main
+from tests.tune.test_sweep import sweep_args
+
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def _states(name: str, url: str) -> list[str]:
+    return [t.state.name for t in optuna.load_study(study_name=name, storage=url).trials]
+
+
+def _finished(db) -> int:
+    """Finished trials of a SQLite study, read without Optuna (its set-up would write to the file)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def _keys(s3, bucket: str, prefix: str) -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+
+@pytest.mark.slow
+def test_a_sweep_rides_out_an_s3_outage_then_resumes_on_a_new_head_from_the_buckets_study(
+    sweep_shards, quick_space, restartable_s3, tmp_path, caplog, capsys
+):
+    s3 = restartable_s3.client()
+    s3.create_bucket(Bucket="faults")
+    head = tmp_path / "head"  # the driver's disk: lost with the head node
+    url = f"sqlite:///{head / 'study.db'}"
+    args = sweep_args(
+        sweep_shards,
+        "s3://faults/sweeps",
+        "outage",
+        quick_space,
+        4,
+        "--max-concurrent-trials",
+        "2",
+        "--no-retrain",
+        "--s3-endpoint",
+        restartable_s3.endpoint,
+        "--study-storage",
+        url,
+    )
+
+    sweep_over, finished_at_outage = threading.Event(), []
+
+    def outage_after_the_first_checkpoint() -> None:
+        while not sweep_over.is_set():
+            if any("/checkpoint_" in k for k in _keys(s3, "faults", "sweeps/outage/")):
+                finished_at_outage.append(_finished(head / "study.db"))
+                restartable_s3.outage(10.0)  # unreachable for 10 s, in the middle of the trials
+                return
+            time.sleep(0.2)
+
+    outage = threading.Thread(target=outage_after_the_first_checkpoint)
+    outage.start()
+    with caplog.at_level(logging.WARNING, logger="genre_sweep"):
+        code = sweep_main(args)
+    sweep_over.set()
+    outage.join()
+    assert code == 0
+    assert finished_at_outage and finished_at_outage[0] < 4  # the store went away mid-sweep
+    assert sorted(_states("outage", url)) == sorted(s for s in _states("outage", url) if s in FINISHED)
+    assert len(_states("outage", url)) == 4  # every trial finished: none lost to the outage
+
+    # The study's copy in the bucket holds every trial; the head (and its study) is lost; the ASHA state
+    # is damaged; --resume on a new head restores the study from the bucket and finishes.
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(s3.get_object(Bucket="faults", Key="sweeps/outage-optuna.db")["Body"].read())
+    assert _finished(copy) == 4
+    (head / "study.db").unlink()
+    s3.put_object(Bucket="faults", Key="sweeps/outage-asha-state.json", Body=b'{"rungs": [[[1.0, {"')
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="genre_sweep"):
+        assert sweep_main([*args, "--resume"]) == 0
+    assert "study restored from s3://faults/sweeps/outage-optuna.db" in caplog.text
+    assert "ASHA state s3://faults/sweeps/outage-asha-state.json is unreadable" in caplog.text
+    assert len([s for s in _states("outage", url) if s in FINISHED]) == 4
+
+    # A folder our sweep did not write is not unpickled: without the marker, --resume refuses it.
+    s3.delete_object(Bucket="faults", Key="sweeps/outage/genre-sweep.json")
+    capsys.readouterr()
+    assert sweep_main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was not written by `genre-sweep sweep`" in err[0]
+
+
+def _trial_processes() -> list[psutil.Process]:
+    """Ray worker processes running a Tune trial (their title names the trainable's actor)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if "ImplicitFunc" in cmdline:
+            found.append(p)
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_trial_process_is_retried_from_its_checkpoint_and_told_to_the_study_once(
+    sweep_shards, quick_space, tmp_path, caplog
+):
+    storage, name = tmp_path / "sweeps", "killed"
+    args = sweep_args(sweep_shards, storage, name, quick_space, 2, "--max-concurrent-trials", "1", "--no-retrain")
+    killed: list[int] = []
+
+    sweep_over = threading.Event()
+
+    def kill_a_trial_after_its_first_checkpoint() -> None:
+        while not sweep_over.is_set() and not killed:
+            if list((storage / name).glob("*/checkpoint_000000")):
+                for p in _trial_processes():
+                    p.kill()  # SIGKILL: the trial's process dies mid-epoch
+                    killed.append(p.pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_trial_after_its_first_checkpoint)
+    killer.start()
+    with caplog.at_level(logging.INFO, logger="genre_sweep"):
+        code = sweep_main(args)
+    sweep_over.set()
+    killer.join()
+    assert code == 0 and killed
+    assert "failed (failure 1); retrying it from its checkpoint of epoch" in caplog.text
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
+    assert [t.state.name in FINISHED for t in study.trials] == [True, True]  # one entry per trial, finished
+    for t in study.trials:  # each epoch once: the retried trial went on from its checkpoint, not from scratch
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+
+
+BAD_INPUTS = [
+    ("--shards", "{tmp}/nowhere", "has no manifest.json"),
+    ("--pretrained", "{tmp}", "is a local path but has no AST config.json"),
+    ("--storage", "s3://no-such-bucket-here/sweeps", "storage s3://no-such-bucket-here/sweeps is not writable"),
+    ("--resume", None, "--resume: no sweep named 'bad' in"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_a_bad_sweep_input_is_one_line_in_seconds_and_writes_nothing(
+    sweep_shards, quick_space, s3_endpoint, tmp_path, capsys, flag, value, message
+):
+    storage = tmp_path / "sweeps"
+    args = sweep_args(sweep_shards, storage, "bad", quick_space, 2, "--s3-endpoint", s3_endpoint)
+    if value is None:
+        args.append(flag)
+    elif flag in args:
+        args[args.index(flag) + 1] = value.format(tmp=tmp_path)
+    else:
+        args += [flag, value.format(tmp=tmp_path)]
+    began = time.monotonic()
+    capsys.readouterr()
+    assert sweep_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert time.monotonic() - began < 20  # before Ray starts trials or builds a cache
+    assert not (storage / "bad").exists()
