@@ -9,7 +9,7 @@ DEMO_PER_GENRE ?= 10
 DEMO_SECONDS   ?= 15
 DEMO_TRIALS    ?= 10
 
-.PHONY: install demo test test-fast lint bench clean constraints
+.PHONY: install demo test test-slow test-all lint bench clean constraints
 
 install: $(STAMP)
 
@@ -38,12 +38,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The default suite: everything but the tests marked slow. About 12 minutes on 2 cores.
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" --durations=15
 
-# Everything but the tests marked slow (their own clusters and subprocess sweeps): about half the time.
-test-fast: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+# The slow tests: multi-node and autoscaling clusters on this machine, subprocess sweeps, the sweep fault
+# injections (S3 outage, killed trial, killed driver). CI runs them after `make test` (.ci/run).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow --durations=15
+
+test-all: test test-slow
 
 # The versions every cluster node installs (cluster.yaml's setup_commands): what this virtualenv holds.
 constraints: $(STAMP)

@@ -5,6 +5,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 import optuna
 import psutil
@@ -33,6 +34,26 @@ def _keys(s3, bucket: str, prefix: str) -> list[str]:
     return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
 
 
+def _sweep_with_fault(args: list[str], when: Callable[[], bool], fault: Callable[[], None]) -> int:
+    """Run the sweep command in this process; a thread injects ``fault`` once ``when`` holds. Its exit code."""
+    over = threading.Event()
+
+    def watch() -> None:
+        while not over.is_set():
+            if when():
+                fault()
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        return sweep_main(args)
+    finally:
+        over.set()
+        watcher.join()
+
+
 @pytest.mark.slow
 def test_a_sweep_rides_out_an_s3_outage_then_resumes_on_a_new_head_from_the_buckets_study(
     sweep_shards, quick_space, restartable_s3, tmp_path, caplog, capsys
@@ -56,22 +77,15 @@ def test_a_sweep_rides_out_an_s3_outage_then_resumes_on_a_new_head_from_the_buck
         url,
     )
 
-    sweep_over, finished_at_outage = threading.Event(), []
+    finished_at_outage = []
 
-    def outage_after_the_first_checkpoint() -> None:
-        while not sweep_over.is_set():
-            if any("/checkpoint_" in k for k in _keys(s3, "faults", "sweeps/outage/")):
-                finished_at_outage.append(_finished(head / "study.db"))
-                restartable_s3.outage(10.0)  # unreachable for 10 s, in the middle of the trials
-                return
-            time.sleep(0.2)
+    def outage() -> None:  # unreachable for 10 s, in the middle of the trials
+        finished_at_outage.append(_finished(head / "study.db"))
+        restartable_s3.outage(10.0)
 
-    outage = threading.Thread(target=outage_after_the_first_checkpoint)
-    outage.start()
-    with caplog.at_level(logging.WARNING, logger="genre_sweep"):
-        code = sweep_main(args)
-    sweep_over.set()
-    outage.join()
+    code = _sweep_with_fault(
+        args, lambda: any("/checkpoint_" in k for k in _keys(s3, "faults", "sweeps/outage/")), outage
+    )
     assert code == 0
     assert finished_at_outage and finished_at_outage[0] < 4  # the store went away mid-sweep
     assert sorted(_states("outage", url)) == sorted(s for s in _states("outage", url) if s in FINISHED)
@@ -117,22 +131,13 @@ def test_a_killed_trial_process_is_retried_from_its_checkpoint_and_told_to_the_s
     args = sweep_args(sweep_shards, storage, name, quick_space, 2, "--max-concurrent-trials", "1", "--no-retrain")
     killed: list[int] = []
 
-    sweep_over = threading.Event()
+    def kill() -> None:  # SIGKILL: the trial's process dies in its second epoch
+        for p in _trial_processes():
+            p.kill()
+            killed.append(p.pid)
 
-    def kill_a_trial_after_its_first_checkpoint() -> None:
-        while not sweep_over.is_set() and not killed:
-            if list((storage / name).glob("*/checkpoint_000000")):
-                for p in _trial_processes():
-                    p.kill()  # SIGKILL: the trial's process dies mid-epoch
-                    killed.append(p.pid)
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_a_trial_after_its_first_checkpoint)
-    killer.start()
     with caplog.at_level(logging.INFO, logger="genre_sweep"):
-        code = sweep_main(args)
-    sweep_over.set()
-    killer.join()
+        code = _sweep_with_fault(args, lambda: bool(list((storage / name).glob("*/checkpoint_000000"))), kill)
     assert code == 0 and killed
     assert "failed (failure 1); retrying it from its checkpoint of epoch" in caplog.text
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
