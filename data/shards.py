@@ -130,22 +130,22 @@ class Dataset:
         (``data.publish``), or at the root for datasets written before version folders."""
         return join(root, self.manifest.get("version_dir", ""), shard["path"])
 
-    def read_split(self, split: str, columns: list[str] | None = None) -> pa.Table:
-        """Every row of ``split``; fails if a listed shard is missing or has another row count."""
+    def read_shard(self, shard: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
+        """One listed shard; fails if it is missing or has another row count than the manifest says."""
         fs, root = filesystem(self.uri, self.options)
-        tables = []
-        for shard in self.shards(split):
-            path = self.shard_path(root, shard)
-            try:
-                table = pq.read_table(path, filesystem=fs, columns=columns)
-            except (OSError, pa.ArrowInvalid) as e:
-                raise StoreError(f"dataset {self.uri}: shard {shard['path']} is unreadable: {e}") from e
-            if table.num_rows != shard["rows"]:
-                raise StoreError(
-                    f"dataset {self.uri}: shard {shard['path']} has {table.num_rows} rows, "
-                    f"manifest says {shard['rows']}"
-                )
-            tables.append(table)
+        try:
+            table = pq.read_table(self.shard_path(root, shard), filesystem=fs, columns=columns)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise StoreError(f"dataset {self.uri}: shard {shard['path']} is unreadable: {e}") from e
+        if table.num_rows != shard["rows"]:
+            raise StoreError(
+                f"dataset {self.uri}: shard {shard['path']} has {table.num_rows} rows, manifest says {shard['rows']}"
+            )
+        return table
+
+    def read_split(self, split: str, columns: list[str] | None = None) -> pa.Table:
+        """Every row of ``split``, shards in manifest order (see ``read_shard``)."""
+        tables = [self.read_shard(shard, columns) for shard in self.shards(split)]
         if not tables:
             return pa.table({})
         return pa.concat_tables(tables)

@@ -1,8 +1,5 @@
-"""Training data in memory: a prepared dataset's splits read once into numpy arrays.
-
-Arrays (not tensors) so that ``ray.put(data)`` stores one zero-copy copy per node that every trial on
-that node maps; nothing is decoded or featurised during training.
-"""
+"""Training data: a prepared dataset's splits as numpy arrays, read into memory (``load_data``) or mapped from
+the node's store (``model.node_store``); nothing is decoded or featurised during training."""
 
 from __future__ import annotations
 
@@ -57,6 +54,12 @@ class TrainData:
         return self.splits[name]
 
 
+def clip_index(names: list[str]) -> tuple[tuple[str, ...], np.ndarray]:
+    """(sorted distinct clip names, each row's index into them) for rows named ``track_id#variant``."""
+    clip_names, clips = np.unique(np.array(names, dtype=str), return_inverse=True)
+    return tuple(clip_names.tolist()), clips.astype(np.int64)
+
+
 def _split_arrays(ds: Dataset, split: str) -> SplitArrays:
     table = ds.read_split(split, ["features", "label", "track_id", "variant"])
     if table.num_rows == 0:
@@ -67,12 +70,12 @@ def _split_arrays(ds: Dataset, split: str) -> SplitArrays:
         f"{t}#{v}"
         for t, v in zip(table.column("track_id").to_pylist(), table.column("variant").to_pylist(), strict=True)
     ]
-    clip_names, clips = np.unique(np.array(names), return_inverse=True)
+    clip_names, clips = clip_index(names)
     return SplitArrays(
         features=features_array(table),
         labels=table.column("label").to_numpy().astype(np.int64),
-        clips=clips.astype(np.int64),
-        clip_names=tuple(clip_names.tolist()),
+        clips=clips,
+        clip_names=clip_names,
     )
 
 
@@ -107,13 +110,3 @@ def as_tensor(a: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(a)
-
-
-def share(data: TrainData):
-    """Put ``data`` in Ray's object store once; every trial on a node then maps the same memory.
-
-    Returns the ObjectRef to pass to trials; ``ray.get`` on it gives read-only, zero-copy arrays.
-    """
-    import ray
-
-    return ray.put(data)

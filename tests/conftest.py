@@ -6,7 +6,10 @@ with the same (fake) credentials, exactly as a cluster's workers inherit theirs.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,10 @@ os.environ.update(
     }
 )
 os.environ.pop("AWS_PROFILE", None)
+# Every node store the tests build (model.node_store) goes here, not into the machine's shared temp folder.
+NODE_STORE = tempfile.mkdtemp(prefix="genre-sweep-test-store-")
+os.environ["GENRE_SWEEP_NODE_STORE"] = NODE_STORE
+atexit.register(shutil.rmtree, NODE_STORE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,11 @@ class RetrainConfig(StoreFlags):
         choices=["auto", "cpu", "cuda"],
     )
     ray_address: str | None = field(None, "Ray cluster address; local Ray when unset")
+    node_store: str | None = field(
+        None,
+        "node-local folder where each node materialises the dataset once and trials map it (fast local disk, e.g. "
+        "instance NVMe); unset: $GENRE_SWEEP_NODE_STORE, else genre-sweep-store in the system's temp folder",
+    )
 
     def __post_init__(self) -> None:
         check(self.cpus_per_trial > 0, f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
-from genre_sweep.model.data import TrainData  # noqa: E402
+from genre_sweep.data.shards import Dataset  # noqa: E402
 from genre_sweep.model.evaluate import plot_confusion  # noqa: E402
 from genre_sweep.model.export import export_model  # noqa: E402
 from genre_sweep.store import StoreOptions, filesystem, join, write_atomic, write_bytes  # noqa: E402
@@ -48,7 +48,7 @@ def write_report(
     values: dict[str, Any],
     outcome: dict[str, Any],
     chosen: dict[str, Any],
-    data: TrainData,
+    data: Dataset,
 ) -> None:
     """Write ``<storage>/<name>/report``: the exported model, test metrics, every trial, plots and summary.md.
 

@@ -22,9 +22,10 @@ from genre_sweep.config import resolve
 from genre_sweep.errors import one_line, user_error
 from genre_sweep.jobs import worker_logging
 from genre_sweep.model.configs import TrainConfig
-from genre_sweep.model.data import TrainData, load_data
+from genre_sweep.model.data import TrainData, check_dataset
 from genre_sweep.model.device import resolve_device
 from genre_sweep.model.evaluate import evaluate_split
+from genre_sweep.model.node_store import NodeData
 from genre_sweep.model.prefix_cache import build_for
 from genre_sweep.model.train import train
 from genre_sweep.ray_start import init_ray
@@ -85,12 +86,14 @@ def retrain(values: dict[str, Any], data: TrainData, seeds: list[int], work: Pat
     }
 
 
-def retrain_on_a_trial_node(values: dict[str, Any], data: TrainData, seeds: list[int], use_cache: bool) -> dict:
-    """Ray task (a trial's resources, so a GPU node on a cluster): ``retrain`` in a scratch folder there.
+def retrain_on_a_trial_node(values: dict[str, Any], source: NodeData, seeds: list[int], use_cache: bool) -> dict:
+    """Ray task (a trial's resources, so a GPU node on a cluster): ``retrain`` in a scratch folder there, on the
+    data mapped from that node's store.
 
     With ``use_cache`` the frozen layers below the configuration's lowest adapter run once for all seeds.
     """
     worker_logging()  # each seed's epoch lines reach the driver's output (and `ray job logs`)
+    data = source.load(("train", "val", "test"))
     if use_cache:
         start = int(values.get("encoder_min_layer_to_update", TrainConfig.encoder_min_layer_to_update))
         data = data.with_prefix(build_for(values["pretrained"], data, start, values.get("device", "auto")))
@@ -151,14 +154,14 @@ def retrain_and_report(cfg: RetrainConfig, results: tune.ResultGrid) -> dict[str
         **load_space(cfg.space).fixed,
         **best.config,
     }
-    data = load_data(cfg.shards, cfg.options, splits=("train", "val", "test"))
-    if len(data.splits["test"]) == 0:
-        raise SweepError(f"{cfg.shards} has no test split (prepared with a test fraction of 0): nothing to test on")
+    # the manifest only (the retrain's node maps the data itself); it has a test split (before_sweep)
+    dataset = check_dataset(cfg.shards, cfg.pretrained, cfg.options, ("train", "val", "test"))
     task = ray.remote(retrain_on_a_trial_node).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
     seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
-    outcome = ray.get(task.remote(values, data, seeds, cfg.prefix_cache))
+    source = NodeData(cfg.shards, cfg.options, cfg.node_store)
+    outcome = ray.get(task.remote(values, source, seeds, cfg.prefix_cache))
     chosen = outcome.pop("chosen")  # the best-on-validation seed: its model and test evaluation
-    write_report(cfg, results, best, values, outcome, chosen, data)
+    write_report(cfg, results, best, values, outcome, chosen, dataset)
     log.info(
         "report written to %s/report: test clip accuracy %.4f ± %.4f over %d seeds",
         cfg.root,

@@ -23,8 +23,9 @@ from ray import tune
 
 from genre_sweep.cli import job_main
 from genre_sweep.jobs import worker_logging
-from genre_sweep.model.data import TrainData, load_data, share
+from genre_sweep.model.data import TrainData
 from genre_sweep.model.device import describe, resolve_device
+from genre_sweep.model.node_store import NodeData
 from genre_sweep.model.prefix_cache import build_for
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import filesystem
@@ -152,14 +153,15 @@ def check_trial_device(cfg: SweepConfig) -> None:
     log.info("trials run on: %s", ray.get(task.remote(cfg.device)))
 
 
-def _with_prefix_cache(data: TrainData, pretrained: str, start: int, device: str) -> tuple[TrainData, dict[str, Any]]:
-    """Ray task: (``data`` plus the states entering layer ``start`` under ``pretrained``'s frozen weights, facts)."""
+def _with_prefix_cache(source: NodeData, pretrained: str, start: int, device: str) -> tuple[TrainData, dict[str, Any]]:
+    """Ray task: (the data plus the states entering layer ``start`` under ``pretrained``'s frozen weights, facts)."""
     worker_logging()
+    data = source.load(("train", "val"))
     cache = build_for(pretrained, data, start, device)
     return data.with_prefix(cache, keep_features=False), {"gb": cache.nbytes / 1e9}
 
 
-def cached_data(cfg: SweepConfig, data_ref: Any) -> Any:
+def cached_data(cfg: SweepConfig, source: NodeData) -> Any:
     """An ObjectRef to the data with its frozen-prefix cache, built once by a task with one trial's resources.
 
     Only the task's small second result comes to the driver (and raises here, before any trial, if
@@ -170,7 +172,7 @@ def cached_data(cfg: SweepConfig, data_ref: Any) -> Any:
     task = ray.remote(_with_prefix_cache).options(
         num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial, num_returns=2
     )
-    data_with_cache, facts = task.remote(data_ref, cfg.pretrained, start, cfg.device)
+    data_with_cache, facts = task.remote(source, cfg.pretrained, start, cfg.device)
     facts = ray.get(facts)
     log.info(
         "frozen-prefix cache: states entering layer %d, %.2f GB bf16, ready in %.1f s",
@@ -205,7 +207,6 @@ def _sweep(cfg: SweepConfig, at_once: int) -> tune.ResultGrid:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if cfg.gpus_per_trial:
         check_trial_device(cfg)
-    data = load_data(cfg.shards, cfg.options, splits=("train", "val"))
     base = {
         "shards": cfg.shards,
         "pretrained": cfg.pretrained,
@@ -214,7 +215,8 @@ def _sweep(cfg: SweepConfig, at_once: int) -> tune.ResultGrid:
         "s3_endpoint": cfg.s3_endpoint,
         "s3_region": cfg.s3_region,
     }
-    data_ref = share(data)
+    # The driver holds no data: each node maps the dataset from its own store (model.node_store).
+    data_ref: Any = NodeData(cfg.shards, cfg.options, cfg.node_store)
     if cfg.prefix_cache:
         data_ref = cached_data(cfg, data_ref)
     tuner, _ = build_tuner(cfg, data_ref, base, at_once)

@@ -1,29 +1,31 @@
-"""The trainer and predictor on real local Ray: shared in-memory data, and prediction through Ray Data."""
+"""The trainer and predictor on real local Ray: data mapped from the node's store, prediction through Ray Data."""
 
 import json
+import pickle
 
 import numpy as np
 import ray
 import soundfile as sf
 
-from genre_sweep.model.data import share
 from genre_sweep.model.export import export_model
+from genre_sweep.model.node_store import NodeData
 from genre_sweep.model.predict import main as predict_main
 from genre_sweep.model.train import train
 from tests.model.conftest import quick_config
 
 
-def test_trials_share_one_zero_copy_copy_of_the_data_through_the_object_store(small_shards, small_data, tmp_path):
-    ref = share(small_data)
+def test_a_trial_maps_its_nodes_store_read_only_and_is_sent_only_where_the_data_is(small_shards, tmp_path):
+    source = NodeData(str(small_shards), root=str(tmp_path / "store"))
 
     @ray.remote(num_cpus=1)
-    def trial(data, out):  # Ray resolves the ObjectRef argument to the shared arrays
+    def trial(source, out):  # as a sweep's trial does: the data is mapped on the node, not shipped
+        data = source.load(("train", "val"))
         result = train(quick_config(small_shards, out, num_train_epochs="1"), data)
-        return data.split("train").features.flags.writeable, result.best_metrics["epoch"]
+        features = data.split("train").features
+        return isinstance(features, np.memmap), features.flags.writeable, result.best_metrics["epoch"]
 
-    writeable, epoch = ray.get(trial.remote(ref, str(tmp_path / "trial")))
-    assert writeable is False  # backed by the object store's shared memory, not a private copy
-    assert epoch == 1
+    assert ray.get(trial.remote(source, str(tmp_path / "trial"))) == (True, False, 1)
+    assert len(pickle.dumps(source)) < 1000  # what the driver sends: where the data is, not the data
 
 
 def test_many_songs_are_predicted_through_ray_data(small_shards, small_data, tmp_path):

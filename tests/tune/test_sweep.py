@@ -1,6 +1,7 @@
 """Small sweeps on real local Ray with the tiny model: search, pruning, study, retrain, report."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(sweep_sh
         sweep_args(sweep_shards, storage, "s1", quick_space, 6, "--retrain-seeds", "2", "--max-concurrent-trials", "2")
     )
     assert code == 0
+    assert list(Path(os.environ["GENRE_SWEEP_NODE_STORE"]).glob("dataset-*/index.json"))  # trials mapped a node store
     study = optuna.load_study(study_name="s1", storage=f"sqlite:///{storage / 's1' / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
     assert len(states) == 6 and "COMPLETE" in states
