@@ -209,6 +209,7 @@ try:
                 "code": code,
                 "sweep_s": round(sweep_s, 1),
                 "max_workers": max((w for w, _ in samples), default=0),
+                "worker_counts": sorted({w for w, _ in samples}),
                 "max_gpus_in_use": max((g for _, g in samples), default=0),
                 "states": sorted(t.state.name for t in study.trials),
                 "epochs": sorted(len(t.intermediate_values) for t in study.trials),
