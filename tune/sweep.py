@@ -1,9 +1,11 @@
 """``genre-sweep sweep``: Ray Tune + Optuna TPE + ASHA over the DoRA-AST space, then retrain and report.
 
-The shards are read once in the driver and shared with every trial through Ray's object store (no
-Ray Data inside trials). Each trial is one ``train()`` run reporting once per epoch with a checkpoint;
-the Optuna study lives in an RDB storage (SQLite beside the results by default) so optuna-dashboard
-can watch it; ``--resume`` finishes an interrupted sweep with its trials and ASHA state.
+The inputs are checked before Ray starts (``preflight.before_sweep``). The driver reads only the dataset's
+manifest: each node maps the data from its own store (``model.node_store``; no Ray Data inside trials),
+and the frozen-prefix cache, when on, reaches the trials through Ray's object store. Each trial is one
+``train()`` run reporting once per epoch with a checkpoint; the Optuna study lives in an RDB storage
+(``tune.study``: SQLite beside the results by default, backed up to S3 storage) so optuna-dashboard can
+watch it; ``--resume`` finishes an interrupted sweep with its trials and ASHA state.
 """
 
 from __future__ import annotations
