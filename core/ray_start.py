@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from genre_sweep.config import ConfigError
 from genre_sweep.errors import GenreSweepError
 
 # Where `ray up` puts the cluster config on the head (Ray's monitor reads it from there).
@@ -53,9 +55,20 @@ def resource_offered(name: str) -> bool:
     if any(n.get("Alive") and n["Resources"].get(name) for n in ray.nodes()):
         return True
     if BOOTSTRAP_CONFIG.exists():
-        types = (yaml.safe_load(BOOTSTRAP_CONFIG.read_text()) or {}).get("available_node_types", {})
+        types = read_cluster_config(BOOTSTRAP_CONFIG).get("available_node_types", {})
         return any(t.get("resources", {}).get(name) for t in types.values())
     return False
+
+
+def read_cluster_config(path: str | Path) -> dict[str, Any]:
+    """A cluster config (`ray up`'s YAML, or the head's bootstrap JSON) as a mapping; ConfigError naming the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())  # the bootstrap config is JSON, which YAML reads too
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--cluster {path}: cannot read it as a cluster config: {e}") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--cluster {path}: not a cluster config (expected a mapping)")
+    return loaded
 
 
 def _refused_token(exc: BaseException | None) -> bool:

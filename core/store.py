@@ -87,6 +87,12 @@ def read_bytes(uri: str, options: StoreOptions = StoreOptions()) -> bytes:
         return f.read()
 
 
+def write_to(uri: str, data: bytes, options: StoreOptions = StoreOptions()) -> None:
+    """``write_bytes`` to a location given as a URI (local or s3://): the twin of ``read_bytes``."""
+    fs, path = filesystem(uri, options)
+    write_bytes(fs, path, data)
+
+
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write ``data`` whole or not at all: one PUT on S3 (an object appears only when complete), a temporary
     file renamed over ``path`` locally, so a reader or a process killed mid-write never leaves half a file."""
@@ -141,14 +147,30 @@ def list_files(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
 
+def own_location(uri: str, options: StoreOptions, example: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of an output location that a job may fill or empty: never a bucket root or the
+    filesystem root (``example`` names a sensible sub-folder in the error)."""
+    fs, path = filesystem(uri, options)
+    if is_s3(uri) and "/" not in path:
+        raise StoreError(f"{uri} is a bucket root; give a prefix of its own, e.g. {uri.rstrip('/')}/{example}")
+    if not is_s3(uri) and path == "/":
+        raise StoreError(f"{uri} is the filesystem root; give a folder of its own")
+    return fs, path
+
+
+def probe_writable(fs: pafs.FileSystem, path: str) -> None:
+    """Write a small object under ``path`` and delete it; raises pyarrow's ``OSError`` when that fails."""
+    probe = join(path, f".write-probe-{uuid.uuid4().hex}")
+    write_bytes(fs, probe, b"ok")
+    fs.delete_file(probe)
+
+
 def prepare_destination(uri: str, options: StoreOptions, overwrite: bool) -> tuple[pafs.FileSystem, str]:
     """Check that ``uri`` can be written and is empty (or emptied, with ``overwrite``).
 
     Raises StoreError with a clear message when the store can't be reached or holds files.
     """
-    fs, path = filesystem(uri, options)
-    if is_s3(uri) and "/" not in path:
-        raise StoreError(f"{uri} is a bucket root; give a prefix of its own, e.g. {uri.rstrip('/')}/corpus")
+    fs, path = own_location(uri, options, "corpus")
     try:
         existing = list_files(fs, path)
     except OSError as e:
@@ -161,13 +183,8 @@ def prepare_destination(uri: str, options: StoreOptions, overwrite: bool) -> tup
     try:
         if existing:
             log.info("overwrite: removing %d files under %s", len(existing), uri)
-            # The manifest goes first: a reader must never see it beside half-deleted shards.
-            manifest = [i.path for i in existing if i.path.endswith("manifest.json")]
-            fs.delete_file(manifest[0]) if manifest else None
             fs.delete_dir_contents(path, missing_dir_ok=True)
-        probe = join(path, f".write-probe-{uuid.uuid4().hex}")
-        write_bytes(fs, probe, b"ok")
-        fs.delete_file(probe)
+        probe_writable(fs, path)
     except OSError as e:
         raise StoreError(f"cannot write to the output store {uri}: {e}") from e
     return fs, path

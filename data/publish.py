@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 
 from genre_sweep.data.configs import SPLITS
 from genre_sweep.data.shards import MANIFEST
-from genre_sweep.store import StoreError, StoreOptions, filesystem, is_s3, join, list_files, write_bytes
+from genre_sweep.store import StoreError, StoreOptions, join, list_files, own_location, probe_writable, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ class Destination:
     fs: pafs.FileSystem
     root: str
     version: str
-    holds_dataset: bool  # a published dataset is there now (and stays readable until publish)
 
     @property
     def version_uri(self) -> str:
@@ -94,11 +93,7 @@ def open_destination(uri: str, options: StoreOptions, overwrite: bool) -> Destin
 
     Removes nothing: see ``Destination.publish``.
     """
-    fs, root = filesystem(uri, options)
-    if is_s3(uri) and "/" not in root:
-        raise StoreError(f"--out {uri} is a bucket root; give a prefix of its own, e.g. {uri.rstrip('/')}/shards")
-    if not is_s3(uri) and root == "/":
-        raise StoreError(f"--out {uri} is the filesystem root; give a folder of its own")
+    fs, root = own_location(uri, options, "shards")
     try:
         existing = [f.path[len(root) + 1 :] for f in list_files(fs, root)]
     except OSError as e:
@@ -117,11 +112,9 @@ def open_destination(uri: str, options: StoreOptions, overwrite: bool) -> Destin
         )
     version = new_version()
     try:
-        probe = join(root, version, f".write-probe-{uuid.uuid4().hex}")
-        write_bytes(fs, probe, b"ok")
-        fs.delete_file(probe)
+        probe_writable(fs, join(root, version))
     except OSError as e:
         raise StoreError(f"cannot write to the output store {uri}: {e}") from e
     if existing and not holds_dataset:
         log.info("prepare: %s holds an interrupted run's files; they are removed once this run is published", uri)
-    return Destination(uri, fs, root, version, holds_dataset)
+    return Destination(uri, fs, root, version)

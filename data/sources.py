@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from genre_sweep.data.audio import AUDIO_EXTENSIONS
 from genre_sweep.data.configs import SPLITS
+from genre_sweep.errors import one_line
 from genre_sweep.seeds import stable_seed
 from genre_sweep.store import StoreError, StoreOptions, filesystem, is_s3, list_files
 
@@ -88,8 +89,7 @@ def _manifest_entries(source: str, fs: pa.fs.FileSystem, path: str) -> list[Entr
         else:
             table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
     except (pa.ArrowInvalid, OSError) as e:
-        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StoreError(f"manifest {source} cannot be read as {path.rsplit('.', 1)[1]}: {problem}") from e
+        raise StoreError(f"manifest {source} cannot be read as {path.rsplit('.', 1)[1]}: {one_line(e)}") from e
     missing = {"path", "label"} - set(table.column_names)
     if missing:
         raise StoreError(f"manifest {source} lacks column(s) {sorted(missing)}; it needs path,label")

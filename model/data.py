@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from genre_sweep.data.shards import Dataset, features_array, open_dataset
@@ -54,8 +55,15 @@ class TrainData:
         return self.splits[name]
 
 
+def row_clips(table: pa.Table) -> list[str]:
+    """Each row's clip, ``track_id#variant``: a clip is one variant of one track, and its windows' mean logits
+    give the clip-level prediction."""
+    tracks, variants = table.column("track_id").to_pylist(), table.column("variant").to_pylist()
+    return [f"{t}#{v}" for t, v in zip(tracks, variants, strict=True)]
+
+
 def clip_index(names: list[str]) -> tuple[tuple[str, ...], np.ndarray]:
-    """(sorted distinct clip names, each row's index into them) for rows named ``track_id#variant``."""
+    """(sorted distinct clip names, each row's index into them) for rows' ``row_clips``."""
     clip_names, clips = np.unique(np.array(names, dtype=str), return_inverse=True)
     return tuple(clip_names.tolist()), clips.astype(np.int64)
 
@@ -65,12 +73,7 @@ def _split_arrays(ds: Dataset, split: str) -> SplitArrays:
     if table.num_rows == 0:
         empty = np.zeros((0, ds.frames, ds.mel_bins), np.float16)
         return SplitArrays(empty, np.zeros(0, np.int64), np.zeros(0, np.int64), ())
-    # A clip is one variant of one track: its windows' mean logits give the clip-level prediction.
-    names = [
-        f"{t}#{v}"
-        for t, v in zip(table.column("track_id").to_pylist(), table.column("variant").to_pylist(), strict=True)
-    ]
-    clip_names, clips = clip_index(names)
+    clip_names, clips = clip_index(row_clips(table))
     return SplitArrays(
         features=features_array(table),
         labels=table.column("label").to_numpy().astype(np.int64),

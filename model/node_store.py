@@ -37,7 +37,7 @@ import numpy as np
 
 from genre_sweep.data.configs import SPLITS
 from genre_sweep.data.shards import Dataset, features_array, open_dataset
-from genre_sweep.model.data import SplitArrays, TrainData, clip_index, dataset_fingerprint
+from genre_sweep.model.data import SplitArrays, TrainData, clip_index, dataset_fingerprint, row_clips
 from genre_sweep.store import StoreOptions
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,11 @@ STORE_FORMAT = 1
 ROOT_ENV = "GENRE_SWEEP_NODE_STORE"  # the default root, for every process of a node (Ray's workers inherit it)
 
 
+COLUMNS = ("features", "labels", "clips")
+
+
 def default_root() -> Path:
     return Path(os.environ.get(ROOT_ENV) or Path(tempfile.gettempdir()) / "genre-sweep-store")
-
-
-COLUMNS = ("features", "labels", "clips")
 
 
 def store_key(ds: Dataset) -> str:
@@ -90,13 +90,12 @@ def _build(ds: Dataset, folder: Path) -> None:
                 n = table.num_rows
                 features[at : at + n] = features_array(table)
                 labels[at : at + n] = table.column("label").to_numpy()
-                tracks, variants = table.column("track_id").to_pylist(), table.column("variant").to_pylist()
-                names += [f"{t}#{v}" for t, v in zip(tracks, variants, strict=True)]
+                names += row_clips(table)
                 at += n
             if rows:
                 features.flush()
                 del features
-            clip_names, clips = clip_index(names) if names else ((), np.zeros(0, np.int64))
+            clip_names, clips = clip_index(names)
             np.save(tmp / f"{split}.labels.npy", labels)
             np.save(tmp / f"{split}.clips.npy", clips)
             index["splits"][split] = {"rows": rows, "clip_names": list(clip_names)}

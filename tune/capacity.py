@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from genre_sweep.config import ConfigError
-from genre_sweep.ray_start import BOOTSTRAP_CONFIG
+from genre_sweep.ray_start import BOOTSTRAP_CONFIG, read_cluster_config
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +81,6 @@ def from_cluster_config(config: dict[str, Any], source: str) -> Capacity:
         raise ConfigError(f"cluster config {source}: no usable head_node_type/available_node_types ({e})") from e
     cap = config.get("max_workers")
     return Capacity(types, source, autoscaling=True, max_workers=int(cap) if cap is not None else None)
-
-
-def read_cluster_config(path: str | Path) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())  # the bootstrap config is JSON, which YAML reads too
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"--cluster {path}: cannot read it as a cluster config: {e}") from e
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"--cluster {path}: not a cluster config (expected a mapping)")
-    return loaded
 
 
 def from_live_nodes(nodes: list[dict[str, Any]]) -> Capacity:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-import uuid
 from typing import Any
 
 import jsonschema
@@ -23,7 +22,7 @@ from genre_sweep.cli import job_main
 from genre_sweep.model.data import check_dataset
 from genre_sweep.model.dora_ast import ModelError
 from genre_sweep.ray_start import RayConnectError, init_ray
-from genre_sweep.store import StoreError, StoreOptions, filesystem, join, write_bytes
+from genre_sweep.store import StoreError, StoreOptions, filesystem, probe_writable
 from genre_sweep.tune.capacity import cluster_capacity, from_cluster_config
 from genre_sweep.tune.configs import PreflightConfig, RetrainConfig, SweepError
 from genre_sweep.tune.internals import prepare_cluster_config
@@ -69,10 +68,8 @@ def check_gpu_images(config: dict[str, Any]) -> tuple[bool, str]:
 
 def check_storage_writable(uri: str, options: StoreOptions) -> None:
     fs, root = filesystem(uri, options)
-    probe = join(root, f".preflight-{uuid.uuid4().hex}")
     try:
-        write_bytes(fs, probe, b"ok")
-        fs.delete_file(probe)
+        probe_writable(fs, root)
     except OSError as e:
         raise StoreError(f"storage {uri} is not writable: {e}") from e
 

@@ -19,10 +19,11 @@ from ray import tune
 
 from genre_sweep.cli import job_main
 from genre_sweep.config import resolve
+from genre_sweep.data.shards import open_dataset
 from genre_sweep.errors import one_line, user_error
 from genre_sweep.jobs import worker_logging
 from genre_sweep.model.configs import TrainConfig
-from genre_sweep.model.data import TrainData, check_dataset
+from genre_sweep.model.data import TrainData
 from genre_sweep.model.device import resolve_device
 from genre_sweep.model.evaluate import evaluate_split
 from genre_sweep.model.node_store import NodeData
@@ -154,8 +155,8 @@ def retrain_and_report(cfg: RetrainConfig, results: tune.ResultGrid) -> dict[str
         **load_space(cfg.space).fixed,
         **best.config,
     }
-    # the manifest only (the retrain's node maps the data itself); it has a test split (before_sweep)
-    dataset = check_dataset(cfg.shards, cfg.pretrained, cfg.options, ("train", "val", "test"))
+    # the manifest only, for the report (the retrain's node maps the data itself); before_sweep checked it
+    dataset = open_dataset(cfg.shards, cfg.options)
     task = ray.remote(retrain_on_a_trial_node).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
     seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
     source = NodeData(cfg.shards, cfg.options, cfg.node_store)

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from genre_sweep.store import StoreError, StoreOptions, filesystem, with_retries, write_bytes
+from genre_sweep.store import StoreError, StoreOptions, read_bytes, with_retries, write_to
 from genre_sweep.tune import internals
 from genre_sweep.tune.study import StudyBackup
 
@@ -119,10 +119,8 @@ class PersistentASHA(ASHAScheduler):
         reason to lose the sweep: the rungs start empty, with a warning, and ASHA compares the resumed
         trials only with those still to come.
         """
-        fs, path = filesystem(self._state_uri, self._options)
         try:
-            with fs.open_input_stream(path) as f:
-                raw = f.read()
+            raw = read_bytes(self._state_uri, self._options)
         except FileNotFoundError:
             return False
         except OSError as e:
@@ -156,14 +154,13 @@ class PersistentASHA(ASHAScheduler):
             "rungs": [[[m, recorded] for m, recorded in internals.bracket_rungs(b)] for b in brackets],
             "trial_bracket": {**self._saved_brackets, **assigned},
         }
-        data = json.dumps(state).encode()
-
-        def write() -> None:
-            fs, path = filesystem(self._state_uri, self._options)
-            write_bytes(fs, path, data)
-
         # a store that is briefly unreachable must not end the sweep; the next decision saves it again
-        with_retries(write, f"write the ASHA state {self._state_uri}", waits=(1.0, 2.0, 4.0), fatal=False)
+        with_retries(
+            lambda: write_to(self._state_uri, json.dumps(state).encode(), self._options),
+            f"write the ASHA state {self._state_uri}",
+            waits=(1.0, 2.0, 4.0),
+            fatal=False,
+        )
 
     def on_trial_add(self, tune_controller, trial) -> None:
         if trial.trial_id in self._saved_brackets:

@@ -28,7 +28,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from genre_sweep import __version__
-from genre_sweep.store import StoreError, StoreOptions, filesystem, is_s3, join, with_retries, write_bytes
+from genre_sweep.store import StoreError, StoreOptions, is_s3, join, read_bytes, with_retries, write_to
 from genre_sweep.tune.configs import RetrainConfig, SweepError
 
 log = logging.getLogger(__name__)
@@ -52,22 +52,20 @@ class StudyBackup:
             with contextlib.closing(sqlite3.connect(":memory:")) as snapshot:
                 src.backup(snapshot)
                 data = snapshot.serialize()
-
-        def upload() -> None:
-            fs, path = filesystem(self.uri, self.options)
-            write_bytes(fs, path, data)
-
-        return with_retries(upload, f"copy the study to {self.uri}", waits=(1.0, 2.0, 4.0), fatal=False)
+        return with_retries(
+            lambda: write_to(self.uri, data, self.options),
+            f"copy the study to {self.uri}",
+            waits=(1.0, 2.0, 4.0),
+            fatal=False,
+        )
 
     def restore_if_missing(self) -> None:
         """The storage's copy, put where the study is expected, when the driver has none (a replaced head)."""
         local = Path(self.db_path)
         if local.exists() and local.stat().st_size > 0:
             return
-        fs, path = filesystem(self.uri, self.options)
         try:
-            with fs.open_input_stream(path) as f:
-                data = f.read()
+            data = read_bytes(self.uri, self.options)
         except FileNotFoundError:
             raise SweepError(
                 f"the study {local} is missing and the sweep's storage holds no copy of it ({self.uri})"
@@ -112,7 +110,6 @@ def close_interrupted(name: str, url: str) -> None:
 
 def write_marker(cfg: RetrainConfig, study_url: str) -> None:
     """Mark ``cfg.root`` as a sweep of ours, naming its study (a password in the URL is not written)."""
-    fs, root = filesystem(cfg.root, cfg.options)
     marker = {
         "written_by": "genre-sweep sweep",
         "version": __version__,
@@ -121,17 +118,15 @@ def write_marker(cfg: RetrainConfig, study_url: str) -> None:
         "study_url": sqlalchemy.engine.make_url(study_url).render_as_string(hide_password=True),
     }
     try:
-        write_bytes(fs, join(root, MARKER), json.dumps(marker, indent=2).encode())
+        write_to(join(cfg.root, MARKER), json.dumps(marker, indent=2).encode(), cfg.options)
     except OSError as e:
         raise StoreError(f"cannot write to the sweep's storage {cfg.root}: {e}") from e
 
 
 def read_marker(cfg: RetrainConfig, action: str) -> dict[str, Any]:
     """The marker of ``cfg.root``; SweepError when the folder is not a sweep this project wrote."""
-    fs, root = filesystem(cfg.root, cfg.options)
     try:
-        with fs.open_input_stream(join(root, MARKER)) as f:
-            marker = json.loads(f.read())
+        marker = json.loads(read_bytes(join(cfg.root, MARKER), cfg.options))
         if marker.get("written_by") != "genre-sweep sweep":
             raise ValueError("another writer")
     except FileNotFoundError:
