@@ -13,10 +13,11 @@ DEMO_TRIALS    ?= 10
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly the versions CI tested (constraints.txt), so a new release upstream cannot change a fresh install.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # The embedded default: a generated corpus -> Ray Data prepare on local Ray -> a sweep of the tiny model
