@@ -4,8 +4,12 @@ The shards hold random features of AST's shape, written through the real shard w
 like ``prepare``'s (no audio work). For each size, in one run on one machine, it prints:
 
 - the sweep driver's peak RSS (its own process, polled every 20 ms; Ray's processes are not the driver);
-- the node store's size and build time (``model.node_store``: the dataset materialised once per node);
+- the node store's size and build time (``model.node_store``: the dataset materialised once per node),
+  and the same for the prefix cache the trial built there (``--pretrained``, tiny by default);
 - the trial's time to its first optimizer step (``first_step_s``, from the trial's start).
+
+Then it projects the node store and the cache to GTZAN and FMA-large under AST-base at 1,024 frames: sizes
+from the shapes, the dataset's build time at the rate measured here.
 
 Target (issue 13): the driver's peak RSS grows by at most 32 MB from 1x to 16x.
 
@@ -116,6 +120,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,4,16", help="multiples of --base")
     parser.add_argument("--frames", type=int, default=1024)
     parser.add_argument("--mel-bins", type=int, default=128)
+    parser.add_argument("--pretrained", default="tiny", help="the model whose prefix cache the trial builds")
     parser.add_argument("--work", default=None, help="folder for shards, stores and sweeps (default: a temp folder)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-scale-"))
@@ -145,17 +150,22 @@ def main() -> None:
             "cpu",
             "--node-store",
             str(store),
+            "--pretrained",
+            args.pretrained,
         ]
         peak, wall = peak_rss_of(command, work / f"sweep-{size}x.log")
-        built = next(store.glob("dataset-*/index.json")).parent
-        index = json.loads((built / "index.json").read_text())
-        store_bytes = sum(p.stat().st_size for p in built.iterdir())
+        builds = [json.loads(line) for line in (store / "builds.jsonl").read_text().splitlines()]
+        data = [b for b in builds if b["what"].startswith("dataset-")]
+        cache = [b for b in builds if b["what"].startswith("prefix-")]
+        store_bytes, store_s = sum(b["bytes"] for b in data), sum(b["seconds"] for b in data)
+        cache_bytes, cache_s = sum(b["bytes"] for b in cache), sum(b["seconds"] for b in cache)
         result = next((work / "sweeps" / f"scale-{size}x").glob("*/result.json")).read_text().splitlines()[0]
         first_step = json.loads(result)["first_step_s"]
-        rows.append((size, windows, feature_bytes, peak, store_bytes, index["built_s"], first_step, wall))
+        rows.append((size, windows, feature_bytes, peak, store_bytes, store_s, first_step, wall))
         print(
             f"{size:>3}x: {windows:>6} windows, {feature_bytes / 1e6:8.1f} MB of features | driver peak RSS "
-            f"{peak / 1e6:7.1f} MB | node store {store_bytes / 1e6:8.1f} MB built in {index['built_s']:.2f} s | "
+            f"{peak / 1e6:7.1f} MB | node store {store_bytes / 1e6:8.1f} MB built in {store_s:.2f} s | "
+            f"{args.pretrained} prefix cache {cache_bytes / 1e6:.1f} MB built in {cache_s:.2f} s | "
             f"first optimizer step {first_step:.2f} s after trial start | sweep {wall:.1f} s",
             flush=True,
         )
@@ -165,6 +175,34 @@ def main() -> None:
         f"{(rows[-1][2] - rows[0][2]) / 1e6:+.1f} MB more features (target: at most +32 MB) -> "
         f"{'met' if growth <= 32 else 'NOT met'}"
     )
+    project(rows[-1][4] / rows[-1][5])
+
+
+# (windows in the store, windows cached by trials: train + val), from method.md's splits and augmentation
+CORPORA = {
+    # 800 training tracks x 3 windows x (1 + 6 augmented copies), 100 + 100 val/test tracks x 3 windows
+    "GTZAN": (800 * 3 * 7 + 200 * 3, 800 * 3 * 7 + 100 * 3),
+    # 106,574 tracks of 30 s x 3 windows, no augmentation; 80 % train, 10 % val
+    "FMA-large": (106_574 * 3, int(106_574 * 3 * 0.9)),
+}
+
+
+def project(rate: float) -> None:
+    """Each corpus's node store and prefix cache under AST-base (1,024 x 128), from the shapes alone."""
+    from transformers import ASTConfig
+
+    from genre_sweep.model.dora_ast import sequence_length
+    from genre_sweep.model.node_store import dataset_bytes, human
+
+    base = ASTConfig()  # AST-base: 1,024 frames x 128 mel bins, hidden 768
+    per_window = sequence_length(base) * base.hidden_size * 2
+    print(f"projection, AST-base at 1,024 x 128 ({per_window / 1e6:.2f} MB of bf16 states per window):")
+    for name, (stored, cached) in CORPORA.items():
+        data = dataset_bytes(stored, base.max_length, base.num_mel_bins)
+        print(
+            f"  {name}: {stored:,} windows; per node: dataset {human(data)} (about {data / rate / 60:.0f} min "
+            f"at the {rate / 1e6:.0f} MB/s measured above), prefix cache of train + val {human(cached * per_window)}"
+        )
 
 
 if __name__ == "__main__":

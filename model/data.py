@@ -41,13 +41,9 @@ class TrainData:
     fingerprint: str  # of the dataset (manifest minus timings): part of any cache key derived from these features
     prefix: Any = None  # a model.prefix_cache.PrefixCache of these splits, once built
 
-    def with_prefix(self, cache: Any, keep_features: bool = True) -> TrainData:
-        """This data with its prefix cache; without ``keep_features`` the features are dropped (training
-        and validation from the cache never read them, and the object store then holds no second copy)."""
-        splits = self.splits
-        if not keep_features:
-            splits = {k: dataclasses.replace(s, features=s.features[:0]) for k, s in splits.items()}
-        return dataclasses.replace(self, splits=splits, prefix=cache)
+    def with_prefix(self, cache: Any) -> TrainData:
+        """This data with its prefix cache (training and validation then start from the cached states)."""
+        return dataclasses.replace(self, prefix=cache)
 
     def split(self, name: str) -> SplitArrays:
         if name not in self.splits or len(self.splits[name]) == 0:
@@ -106,6 +102,35 @@ def dataset_fingerprint(manifest: dict[str, Any]) -> str:
     """sha256 of what fixes a dataset's rows: its config, sources, features and shards (not its timings)."""
     fixed = {k: manifest[k] for k in ("config", "sources", "features", "shards", "genres") if k in manifest}
     return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Gather:
+    """A batch's rows of ``source`` (features or cached states, possibly memory-mapped) on ``device``: one
+    ``index_select`` per batch into a reusable buffer, no per-example Python.
+
+    On CUDA the buffers are pinned and copied without blocking; there are two, taken in turn, and a buffer is
+    refilled only once its previous copy has finished (an event), so filling one never races the other's copy.
+    """
+
+    def __init__(self, source: torch.Tensor, rows: int, device: torch.device):
+        self.source, self.device = source, device
+        cuda = device.type == "cuda"
+        shape = (rows, *source.shape[1:])
+        self.buffers = [torch.empty(shape, dtype=source.dtype, pin_memory=cuda) for _ in range(2 if cuda else 1)]
+        self.copied: list[Any] = [None] * len(self.buffers)
+        self.turn = 0
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        i, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
+        if self.copied[i] is not None:
+            self.copied[i].synchronize()
+        batch = torch.index_select(self.source, 0, index, out=self.buffers[i][: len(index)])
+        if self.device.type != "cuda":
+            return batch  # valid until the next call
+        on_device = batch.to(self.device, non_blocking=True)
+        self.copied[i] = torch.cuda.Event()
+        self.copied[i].record()
+        return on_device
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:

@@ -79,6 +79,13 @@ def backbone_config(pretrained: str, frames: int, mel_bins: int) -> tuple[ASTCon
     return cfg, pretrained
 
 
+def sequence_length(cfg: ASTConfig) -> int:
+    """Tokens per window through the encoder: the patches of the (frames x mel) grid plus CLS and distillation."""
+    freq = (cfg.num_mel_bins - cfg.patch_size) // cfg.frequency_stride + 1
+    time = (cfg.max_length - cfg.patch_size) // cfg.time_stride + 1
+    return freq * time + 2
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face endpoint accepts a TCP connection within ``timeout`` seconds."""
     import socket

@@ -2,11 +2,13 @@
 
 Every weight below the lowest DoRA adapter is frozen and AST has no dropout, so the hidden states that
 enter layer ``start`` are a pure function of (frozen weights, features). They are computed once per
-(dataset, checkpoint, frames, start), kept in bf16 (as raw uint16 bits in numpy, so that Ray's object
-store shares them zero-copy between trials), and each step's forward then starts at layer ``start``.
+(dataset, checkpoint, frames, start), kept in bf16 (as raw uint16 bits in numpy, so that a node maps
+them from its disk: ``model.node_store.node_prefix``), and each step's forward then starts at layer
+``start``.
 
 The key hashes the features' dataset identity and the exact prefix weights, so states from another
-checkpoint or dataset are refused, never silently reused.
+checkpoint or dataset are refused, never silently reused. It does not name the splits: a split's states
+are the same whichever other splits were loaded, so the retrain reuses the trials' and adds the test's.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from genre_sweep.errors import GenreSweepError
 from genre_sweep.model.configs import AdapterSettings
 from genre_sweep.model.data import SplitArrays, TrainData, as_tensor
 from genre_sweep.model.device import autocast, resolve_device
-from genre_sweep.model.dora_ast import GenreClassifier, build_model
+from genre_sweep.model.dora_ast import GenreClassifier, build_model, sequence_length
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +66,38 @@ def prefix_weights_digest(model: GenreClassifier, start: int) -> str:
 
 def cache_key(model: GenreClassifier, data: TrainData, start: int) -> str:
     """What the states depend on: the dataset's identity, its window shape, and the prefix weights."""
-    ident = f"{data.fingerprint}|{data.frames}x{data.mel_bins}|{sorted(data.splits)}|{start}"
+    ident = f"{data.fingerprint}|{data.frames}x{data.mel_bins}|{start}"
     return hashlib.sha256(f"{ident}|{prefix_weights_digest(model, start)}".encode()).hexdigest()
 
 
+def state_shape(model: GenreClassifier) -> tuple[int, int]:
+    """(tokens, hidden) of one window's states."""
+    cfg = model.backbone.config
+    return sequence_length(cfg), cfg.hidden_size
+
+
 @torch.no_grad()
-def compute_states(model: GenreClassifier, split: SplitArrays, start: int, batch_size: int, device: torch.device):
-    """(N, tokens, hidden) bf16 bits (uint16) of the states entering layer ``start`` for every window."""
+def compute_states(
+    model: GenreClassifier,
+    split: SplitArrays,
+    start: int,
+    batch_size: int,
+    device: torch.device,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """(N, tokens, hidden) bf16 bits (uint16) of the states entering layer ``start`` for every window, written
+    into ``out`` (for example a memory-mapped file) when given, one batch at a time."""
+    if len(split) == 0:
+        raise CacheMismatch("cannot cache an empty split")
+    if out is None:
+        out = np.empty((len(split), *state_shape(model)), np.uint16)
     model.eval()
     feats = as_tensor(split.features)
-    out: np.ndarray | None = None
     for i in range(0, len(split), batch_size):
         x = feats[i : i + batch_size].to(device, non_blocking=True).float()
         with autocast(device):
             h = model.prefix(x, start)
-        bits = h.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
-        if out is None:
-            out = np.empty((len(split), *bits.shape[1:]), np.uint16)
-        out[i : i + len(bits)] = bits
-    if out is None:
-        raise CacheMismatch("cannot cache an empty split")
+        out[i : i + len(h)] = h.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
     return out
 
 
@@ -124,3 +138,6 @@ def check_cache(cache: PrefixCache, model: GenreClassifier, data: TrainData) -> 
         raise CacheMismatch(
             "the prefix cache was built from other weights or another dataset (its key differs); rebuild it"
         )
+    for name, split in data.splits.items():
+        if len(split) and (name not in cache.states or len(cache.states[name]) != len(split)):
+            raise CacheMismatch(f"the prefix cache holds no states for all {len(split)} windows of split {name!r}")

@@ -34,7 +34,7 @@ from genre_sweep.model.checkpoint import (
     save_checkpoint,
 )
 from genre_sweep.model.configs import TrainConfig
-from genre_sweep.model.data import SplitArrays, TrainData, as_tensor, check_dataset, load_data
+from genre_sweep.model.data import Gather, SplitArrays, TrainData, as_tensor, check_dataset, load_data
 from genre_sweep.model.device import autocast, describe, resolve_device
 from genre_sweep.model.dora_ast import GenreClassifier, build_model
 from genre_sweep.model.export import export_model
@@ -172,6 +172,7 @@ def train(
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
 
     (xs, start_layer), labels = split_inputs(data, "train"), torch.from_numpy(train_split.labels)
+    gather = Gather(xs, config.batch_size, device)
     val_inputs = split_inputs(data, "val")
     first_step_s: float | None = None
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -185,7 +186,7 @@ def train(
         loss_sum = torch.zeros((), device=device)
         for i, first in enumerate(range(0, len(order), config.batch_size)):
             idx = order[first : first + config.batch_size]
-            x = xs[idx].to(device, non_blocking=True).float()  # (B, frames, mel), or (B, tokens, hidden) cached
+            x = gather(idx).float()  # (B, frames, mel), or (B, tokens, hidden) cached
             y = labels[idx].to(device, non_blocking=True)
             with autocast(device):
                 loss = F.cross_entropy(logits_from(model, x, start_layer).float(), y)

@@ -50,11 +50,17 @@ class RetrainConfig(StoreFlags):
         "node-local folder where each node materialises the dataset once and trials map it (fast local disk, e.g. "
         "instance NVMe); unset: $GENRE_SWEEP_NODE_STORE, else genre-sweep-store in the system's temp folder",
     )
+    node_disk_gb: float | None = field(
+        None,
+        "the most each node's store may hold (GB): when the dataset and the prefix cache would not fit, the cache is "
+        "off (one log line says so); unset: the node's free disk is the only bound",
+    )
 
     def __post_init__(self) -> None:
         check(self.cpus_per_trial > 0, f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         check(self.gpus_per_trial >= 0, f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
         check(self.retrain_seeds >= 1, f"retrain_seeds must be >= 1, got {self.retrain_seeds}")
+        check(self.node_disk_gb is None or self.node_disk_gb > 0, f"node_disk_gb must be > 0, got {self.node_disk_gb}")
         check(bool(self.name) and "/" not in self.name, f"name must be a plain folder name, got {self.name!r}")
         # The space file is checked now, so a bad one costs a second, not a cluster start. Imported here
         # because the space module needs Optuna, which `--help` should not pay for.
@@ -116,6 +122,7 @@ class PreflightConfig(StoreFlags):
     storage: str = field(help="where the sweep will write (folder or s3://bucket/prefix)")
     cluster: str | None = field(None, "cluster config for `ray up`")
     pretrained: str = field("tiny", "the model the sweep will train")
+    space: str | None = field(None, "the sweep's search space YAML (its lowest adapted layer sizes the prefix cache)")
     cpus_per_trial: float = field(1.0, "CPUs per trial")
     gpus_per_trial: float = field(0.0, "GPUs per trial")
     ray_address: str | None = field(None, "check this running cluster's nodes")

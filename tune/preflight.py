@@ -3,7 +3,8 @@
 1. the cluster config against Ray's own schema (offline);
 2. some node type (of the config, or of the running cluster) able to hold one trial's resources;
 3. the sweep's storage writable (a probe object written and deleted);
-4. the shards' manifest matching the model: frames and mel bins of ``--pretrained``.
+4. the shards' manifest matching the model: frames and mel bins of ``--pretrained``;
+5. what each node type that runs trials will store: the dataset and the frozen-prefix cache, against its disk.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import yaml
 from ray import tune
 
 from genre_sweep.cli import job_main
+from genre_sweep.data.shards import open_dataset
 from genre_sweep.model.data import check_dataset
 from genre_sweep.model.dora_ast import ModelError
+from genre_sweep.model.node_store import NodeSizes, node_sizes
 from genre_sweep.ray_start import RayConnectError, init_ray
 from genre_sweep.store import StoreError, StoreOptions, filesystem, probe_writable
-from genre_sweep.tune.capacity import cluster_capacity, from_cluster_config
+from genre_sweep.tune.capacity import Capacity, cluster_capacity, from_cluster_config
 from genre_sweep.tune.configs import PreflightConfig, RetrainConfig, SweepError
 from genre_sweep.tune.internals import prepare_cluster_config
+from genre_sweep.tune.space import load_space
 from genre_sweep.tune.study import read_marker, resumed_study_url
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,50 @@ def before_sweep(cfg: RetrainConfig, existing: str | None, test_split: bool) -> 
     return resumed_study_url(cfg, read_marker(cfg, existing))
 
 
+def cache_start(cfg: RetrainConfig, start: int, cached: tuple[str, ...]) -> int | None:
+    """The layer where the frozen-prefix cache starts, or None when it is off: by ``--no-prefix-cache``, or because
+    a node's store would outgrow ``--node-disk-gb`` (then one warning says why and what it costs). Each node also
+    checks its own free disk before it builds (``model.node_store.node_prefix``)."""
+    if not cfg.prefix_cache:
+        return None
+    if cfg.node_disk_gb is not None:
+        sizes = node_sizes(open_dataset(cfg.shards, cfg.options), cfg.pretrained, start, cached)
+        if sizes.total > cfg.node_disk_gb * 1e9:
+            log.warning(
+                "prefix cache off: each node would store %s, over --node-disk-gb %g; every step then also runs "
+                "the %d frozen layers below layer %d (the same mathematics, slower: bench/train.py measures it)",
+                sizes.describe(),
+                cfg.node_disk_gb,
+                start,
+                start,
+            )
+            return None
+    return start
+
+
+def disk_gb(node_config: dict[str, Any]) -> float | None:
+    """The EBS volumes a node type's AWS node_config asks for, in GB (None when it names none)."""
+    sizes = [d.get("Ebs", {}).get("VolumeSize") for d in node_config.get("BlockDeviceMappings", [])]
+    sizes = [float(s) for s in sizes if s]
+    return sum(sizes) if sizes else None
+
+
+def node_store_plan(
+    capacity: Capacity, config: dict[str, Any], sizes: NodeSizes, cpus: float, gpus: float
+) -> tuple[bool, str]:
+    """(every node type that runs trials has the disk for its store, what each will store)."""
+    ok, parts = True, []
+    for t in capacity.holding(cpus, gpus):
+        disk = disk_gb(config["available_node_types"][t.name].get("node_config", {}))
+        room = "disk unknown" if disk is None else f"{disk:g} GB of EBS"
+        if disk is not None and sizes.dataset > disk * 1e9:
+            ok, room = False, f"{room}: too small for the dataset (pass --node-store on instance NVMe)"
+        elif disk is not None and sizes.total > disk * 1e9:
+            room = f"{room}: the cache will not fit and is turned off"
+        parts.append(f"{t.name}: {sizes.describe()} ({room})")
+    return ok, "; ".join(parts) or "no node type runs trials"
+
+
 def run_checks(cfg: PreflightConfig) -> list[tuple[str, bool, str]]:
     """(check, passed, detail) for every check; nothing raises."""
     options = cfg.options
@@ -117,6 +165,13 @@ def run_checks(cfg: PreflightConfig) -> list[tuple[str, bool, str]]:
             )
             ok, detail = check_gpu_images(full)
             results.append(("GPU node types run a CUDA 13 AMI", ok, detail))
+            try:
+                start = load_space(cfg.space).lowest_adapted_layer()
+                sizes = node_sizes(open_dataset(cfg.shards, options), cfg.pretrained, start)
+                ok, detail = node_store_plan(capacity, full, sizes, cfg.cpus_per_trial, cfg.gpus_per_trial)
+                results.append(("each node's store (dataset + prefix cache) fits its disk", ok, detail))
+            except (StoreError, ModelError) as e:
+                results.append(("each node's store (dataset + prefix cache) fits its disk", False, str(e)))
         except ValueError as e:
             results.append(("cluster config matches Ray's schema", False, str(e)))
     if cfg.ray_address:

@@ -27,12 +27,11 @@ from genre_sweep.model.data import TrainData
 from genre_sweep.model.device import resolve_device
 from genre_sweep.model.evaluate import evaluate_split
 from genre_sweep.model.node_store import NodeData
-from genre_sweep.model.prefix_cache import build_for
 from genre_sweep.model.train import train
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import filesystem
 from genre_sweep.tune.configs import RetrainConfig, SweepError
-from genre_sweep.tune.preflight import before_sweep
+from genre_sweep.tune.preflight import before_sweep, cache_start
 from genre_sweep.tune.report import BestTrial, write_report
 from genre_sweep.tune.space import load_space
 from genre_sweep.tune.trial import run_trial
@@ -87,17 +86,13 @@ def retrain(values: dict[str, Any], data: TrainData, seeds: list[int], work: Pat
     }
 
 
-def retrain_on_a_trial_node(values: dict[str, Any], source: NodeData, seeds: list[int], use_cache: bool) -> dict:
+def retrain_on_a_trial_node(values: dict[str, Any], source: NodeData, seeds: list[int]) -> dict:
     """Ray task (a trial's resources, so a GPU node on a cluster): ``retrain`` in a scratch folder there, on the
-    data mapped from that node's store.
-
-    With ``use_cache`` the frozen layers below the configuration's lowest adapter run once for all seeds.
+    data mapped from that node's store, with the frozen-prefix cache there when ``source`` names its layer (the
+    trials' states reused, the test split's added).
     """
     worker_logging()  # each seed's epoch lines reach the driver's output (and `ray job logs`)
-    data = source.load(("train", "val", "test"))
-    if use_cache:
-        start = int(values.get("encoder_min_layer_to_update", TrainConfig.encoder_min_layer_to_update))
-        data = data.with_prefix(build_for(values["pretrained"], data, start, values.get("device", "auto")))
+    data = source.load(("train", "val", "test"), values["pretrained"], values.get("device", "auto"))
     with tempfile.TemporaryDirectory() as tmp:
         outcome = retrain(values, data, seeds, Path(tmp))
     outcome["chosen"]["model"] = outcome["chosen"]["model"].cpu()
@@ -159,8 +154,10 @@ def retrain_and_report(cfg: RetrainConfig, results: tune.ResultGrid) -> dict[str
     dataset = open_dataset(cfg.shards, cfg.options)
     task = ray.remote(retrain_on_a_trial_node).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
     seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
-    source = NodeData(cfg.shards, cfg.options, cfg.node_store)
-    outcome = ray.get(task.remote(values, source, seeds, cfg.prefix_cache))
+    start = int(values.get("encoder_min_layer_to_update", TrainConfig.encoder_min_layer_to_update))
+    start = cache_start(cfg, start, ("train", "val", "test"))
+    source = NodeData(cfg.shards, cfg.options, cfg.node_store, start, cfg.node_disk_gb)
+    outcome = ray.get(task.remote(values, source, seeds))
     chosen = outcome.pop("chosen")  # the best-on-validation seed: its model and test evaluation
     write_report(cfg, results, best, values, outcome, chosen, dataset)
     log.info(

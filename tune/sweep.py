@@ -1,8 +1,8 @@
 """``genre-sweep sweep``: Ray Tune + Optuna TPE + ASHA over the DoRA-AST space, then retrain and report.
 
 The inputs are checked before Ray starts (``preflight.before_sweep``). The driver reads only the dataset's
-manifest: each node maps the data from its own store (``model.node_store``; no Ray Data inside trials),
-and the frozen-prefix cache, when on, reaches the trials through Ray's object store. Each trial is one
+manifest: each node maps the data, and the frozen-prefix cache its first trial builds, from its own
+store (``model.node_store``; no Ray Data inside trials). Each trial is one
 ``train()`` run reporting once per epoch with a checkpoint; the Optuna study lives in an RDB storage
 (``tune.study``: SQLite beside the results by default, backed up to S3 storage) so optuna-dashboard can
 watch it; ``--resume`` finishes an interrupted sweep with its trials and ASHA state.
@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import os
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,17 +23,14 @@ import ray
 from ray import tune
 
 from genre_sweep.cli import job_main
-from genre_sweep.jobs import worker_logging
-from genre_sweep.model.data import TrainData
 from genre_sweep.model.device import describe, resolve_device
 from genre_sweep.model.node_store import NodeData
-from genre_sweep.model.prefix_cache import build_for
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import filesystem
 from genre_sweep.tune import internals
 from genre_sweep.tune.capacity import Capacity, cluster_capacity
 from genre_sweep.tune.configs import SweepConfig, SweepError
-from genre_sweep.tune.preflight import before_sweep
+from genre_sweep.tune.preflight import before_sweep, cache_start
 from genre_sweep.tune.progress import SweepProgress
 from genre_sweep.tune.retrain import retrain_and_report
 from genre_sweep.tune.search import PersistentASHA, PruneAwareOptunaSearch
@@ -78,7 +74,7 @@ def capacity_requested(capacity: Capacity, trials: int, cpus: float, gpus: float
 
 
 def build_tuner(
-    cfg: SweepConfig, data_ref: Any, base: dict[str, Any], at_once: int
+    cfg: SweepConfig, source: NodeData, base: dict[str, Any], at_once: int
 ) -> tuple[tune.Tuner, PersistentASHA]:
     """The Tuner (new, or restored with ``--resume``) and the ASHA scheduler it uses; ``cfg.study_storage`` is set
     (``before_sweep``)."""
@@ -86,7 +82,7 @@ def build_tuner(
     fs, storage_path = filesystem(cfg.storage, cfg.options)  # with a filesystem given, Tune wants bucket/key paths
     experiment_path = storage_path + "/" + cfg.name
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data_ref, base={**base, **space.fixed}),
+        tune.with_parameters(run_trial, data=source, base={**base, **space.fixed}),
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial},
     )
     scheduler = PersistentASHA(
@@ -155,36 +151,6 @@ def check_trial_device(cfg: SweepConfig) -> None:
     log.info("trials run on: %s", ray.get(task.remote(cfg.device)))
 
 
-def _with_prefix_cache(source: NodeData, pretrained: str, start: int, device: str) -> tuple[TrainData, dict[str, Any]]:
-    """Ray task: (the data plus the states entering layer ``start`` under ``pretrained``'s frozen weights, facts)."""
-    worker_logging()
-    data = source.load(("train", "val"))
-    cache = build_for(pretrained, data, start, device)
-    return data.with_prefix(cache, keep_features=False), {"gb": cache.nbytes / 1e9}
-
-
-def cached_data(cfg: SweepConfig, source: NodeData) -> Any:
-    """An ObjectRef to the data with its frozen-prefix cache, built once by a task with one trial's resources.
-
-    Only the task's small second result comes to the driver (and raises here, before any trial, if
-    the model can't be built); the states stay in the object store for the trials.
-    """
-    start = load_space(cfg.space).lowest_adapted_layer()
-    began = time.perf_counter()
-    task = ray.remote(_with_prefix_cache).options(
-        num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial, num_returns=2
-    )
-    data_with_cache, facts = task.remote(source, cfg.pretrained, start, cfg.device)
-    facts = ray.get(facts)
-    log.info(
-        "frozen-prefix cache: states entering layer %d, %.2f GB bf16, ready in %.1f s",
-        start,
-        facts["gb"],
-        time.perf_counter() - began,
-    )
-    return data_with_cache
-
-
 def checked(cfg: SweepConfig) -> SweepConfig:
     """``cfg`` once the inputs passed ``before_sweep``, with the study it is to use."""
     url = before_sweep(cfg, "--resume" if cfg.resume else None, test_split=cfg.retrain)
@@ -217,11 +183,11 @@ def _sweep(cfg: SweepConfig, at_once: int) -> tune.ResultGrid:
         "s3_endpoint": cfg.s3_endpoint,
         "s3_region": cfg.s3_region,
     }
-    # The driver holds no data: each node maps the dataset from its own store (model.node_store).
-    data_ref: Any = NodeData(cfg.shards, cfg.options, cfg.node_store)
-    if cfg.prefix_cache:
-        data_ref = cached_data(cfg, data_ref)
-    tuner, _ = build_tuner(cfg, data_ref, base, at_once)
+    # The driver holds no data: each node maps the dataset, and the frozen-prefix cache its first trial
+    # builds, from its own store (model.node_store).
+    start = cache_start(cfg, load_space(cfg.space).lowest_adapted_layer(), ("train", "val"))
+    source = NodeData(cfg.shards, cfg.options, cfg.node_store, start, cfg.node_disk_gb)
+    tuner, _ = build_tuner(cfg, source, base, at_once)
     log.info(
         "sweep %s: %d trials, study %s; watch with `optuna-dashboard %s`",
         cfg.root,

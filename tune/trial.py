@@ -12,14 +12,13 @@ from typing import Any
 from genre_sweep.config import resolve
 from genre_sweep.jobs import worker_logging
 from genre_sweep.model.configs import TrainConfig
-from genre_sweep.model.data import TrainData
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.store import with_retries
 
 
-def run_trial(config: dict[str, Any], data: TrainData | NodeData, base: dict[str, Any]) -> None:
-    """Tune's trainable: ``base`` settings plus the sampled ``config``, on ``data``: mapped from this node's
-    store (``NodeData``), or the data with its frozen-prefix cache shared through the object store.
+def run_trial(config: dict[str, Any], data: NodeData, base: dict[str, Any]) -> None:
+    """Tune's trainable: ``base`` settings plus the sampled ``config``, on ``data`` mapped from this node's
+    store, with the frozen-prefix cache there when the sweep uses one (the node's first trial builds it).
 
     A retried or resumed trial continues from its last checkpoint. Every report carries the node id, so
     placement is visible in the results.
@@ -47,6 +46,5 @@ def run_trial(config: dict[str, Any], data: TrainData | NodeData, base: dict[str
         # recorded nothing and is safe to repeat (the failed upload's partial folder stays unreferenced).
         with_retries(lambda: tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint), "report an epoch")
 
-    if isinstance(data, NodeData):
-        data = data.load(("train", "val"))
-    train(resolve(TrainConfig, values), data, report=report, started=started)
+    cfg = resolve(TrainConfig, values)
+    train(cfg, data.load(("train", "val"), cfg.pretrained, cfg.device), report=report, started=started)

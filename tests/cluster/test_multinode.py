@@ -47,6 +47,24 @@ def test_trials_land_only_on_nodes_with_the_requested_resources(sweep_shards, qu
     assert outcome["trial_nodes"] == [outcome["gpu_node"]]
 
 
+def test_each_node_builds_its_store_and_cache_once_and_a_cache_over_the_budget_is_off(
+    sweep_shards, quick_space, tmp_path
+):
+    outcome = run_script("node_stores.py", str(sweep_shards), str(tmp_path), str(quick_space))
+    assert outcome["errors"] == 0
+    roomy = outcome["roomy"]
+    assert len(roomy) == 4 and all(t["cached"] for t in roomy)
+    per_node = {node: sum(t["node"] == node for t in roomy) for node in outcome["builds"]}
+    assert sorted(per_node.values()) == [2, 2], per_node  # two trials on each node, started together
+    for node, built in outcome["builds"].items():  # each node built its dataset, then each split's states, once
+        assert len(built) == 3 and built[0].startswith("dataset-"), (node, built)
+        assert sorted(b.rsplit("/", 1)[1] for b in built[1:]) == ["train", "val"], (node, built)
+    # over --node-disk-gb: the sweep runs without the cache, and one line says why and what it costs
+    assert outcome["tight_cached"] == [False, False]
+    (line,) = [w for w in outcome["tight_warnings"] if "prefix cache off" in w]
+    assert "over --node-disk-gb 0.001" in line and "frozen layers" in line
+
+
 def test_launch_submits_prepare_sweep_retrain_as_one_ray_job(tmp_path, quick_space):
     from tests.conftest import make_corpus
 

@@ -1,15 +1,30 @@
-"""The node-local store: the same arrays as the in-memory path, built once per node, never read half-built."""
+"""The node-local store: the same arrays as the in-memory path, built once per node, never read half-built; the
+prefix cache stored there the same way, and turned off when it does not fit."""
 
+import json
+import logging
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
+import torch
 
 from genre_sweep.data.shards import open_dataset
+from genre_sweep.model.configs import AdapterSettings
 from genre_sweep.model.data import load_data
-from genre_sweep.model.node_store import node_data, store_key
+from genre_sweep.model.dora_ast import build_model
+from genre_sweep.model.node_store import NodeData, node_data, node_sizes, store_key
+from genre_sweep.model.prefix_cache import build_cache
 from genre_sweep.model.train import train
 from tests.model.conftest import quick_config
+
+
+def builds(root):
+    """What the store at ``root`` built, a name per build, from its builds.jsonl."""
+    path = root / "builds.jsonl"
+    return [json.loads(line)["what"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_the_node_store_maps_the_same_arrays_as_the_in_memory_path(small_shards, tmp_path):
@@ -39,22 +54,26 @@ def test_training_from_the_node_store_gives_identical_metrics(small_shards, smal
 BUILD = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s")
-from genre_sweep.model.node_store import node_data
-node_data(sys.argv[1], splits=("train",), root=sys.argv[2])
+from genre_sweep.model.node_store import NodeData
+data = NodeData(sys.argv[1], root=sys.argv[2], prefix_start=10).load(("train", "val"), "tiny", "cpu")
+assert data.prefix is not None
 """
 
 
 def test_processes_starting_at_once_build_once_and_a_half_built_store_is_rebuilt_not_read(small_shards, tmp_path):
     root = tmp_path / "store"
-    starts = [
+    starts = [  # three trials starting at once on one node: the dataset and each split's states are built once
         subprocess.Popen([sys.executable, "-c", BUILD, str(small_shards), str(root)], stderr=subprocess.PIPE, text=True)
         for _ in range(3)
     ]
     logs = [p.communicate()[1] for p in starts]
     assert [p.returncode for p in starts] == [0, 0, 0], logs
-    assert sum("materialised" in log for log in logs) == 1  # one build; the others waited and mapped it
     key = store_key(open_dataset(str(small_shards)))
     folder = root / f"dataset-{key}"
+    built = builds(root)
+    assert built[0] == folder.name and len(built) == 3, built
+    assert {b.split("/")[1] for b in built[1:]} == {"train", "val"} and len({b.split("/")[0] for b in built[1:]}) == 1
+    assert sum("materialised" in log for log in logs) == 1
 
     # What a build killed half-way leaves: a temporary folder with some of the files. It is never read:
     # with the complete store gone too, the next call removes it and builds again.
@@ -69,3 +88,54 @@ def test_processes_starting_at_once_build_once_and_a_half_built_store_is_rebuilt
     assert np.array_equal(
         data.splits["train"].features, load_data(str(small_shards), splits=("train",)).splits["train"].features
     )
+
+
+def test_the_node_prefix_cache_holds_the_in_memory_caches_states_and_the_retrain_adds_only_the_test_split(
+    sweep_shards, tmp_path
+):
+    shards, root = sweep_shards, tmp_path / "store"
+    trial = NodeData(str(shards), root=str(root), prefix_start=10).load(("train", "val"), "tiny", "cpu")
+    in_memory = load_data(str(shards), splits=("train", "val"))
+    frames, mel_bins = in_memory.frames, in_memory.mel_bins
+    model = build_model("tiny", len(in_memory.genres), AdapterSettings(min_layer=10), frames, mel_bins)
+    expected = build_cache(model, in_memory, start=10, device=torch.device("cpu"))
+    assert trial.prefix.key == expected.key
+    for split in ("train", "val"):
+        assert isinstance(trial.prefix.states[split], np.memmap)
+        assert np.array_equal(trial.prefix.states[split], expected.states[split]), split
+    retrain = NodeData(str(shards), root=str(root), prefix_start=10).load(("train", "val", "test"), "tiny", "cpu")
+    assert [b.rsplit("/", 1)[-1] for b in builds(root)[1:]] == ["train", "val", "test"]  # the test split's added
+    assert len(retrain.prefix.states["test"]) == len(retrain.splits["test"].labels) > 0
+    sizes = node_sizes(open_dataset(str(shards)), "tiny", 10)
+    on_disk = sum(p.stat().st_size for p in root.glob("prefix-*/*.npy"))
+    assert abs(on_disk - sizes.cache) <= 3 * 128  # the expected size is the states' bytes (each file: a header)
+
+
+def test_a_cache_over_the_disk_budget_is_turned_off_with_one_line(small_shards, tmp_path, caplog):
+    source = NodeData(str(small_shards), root=str(tmp_path / "store"), prefix_start=10, budget_gb=0.001)
+    with caplog.at_level(logging.WARNING, logger="genre_sweep.model.node_store"):
+        data = source.load(("train", "val"), "tiny", "cpu")
+    assert data.prefix is None
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "prefix cache off on this node" in line and "over the node disk budget of 0.001 GB" in line
+    assert not list((tmp_path / "store").glob("prefix-*"))
+
+
+def test_a_cache_build_killed_half_way_is_rebuilt_not_read(small_shards, small_data, tmp_path):
+    root = tmp_path / "store"
+    node_data(str(small_shards), splits=("train", "val"), root=root)  # the dataset first: the kill hits the cache
+    build = subprocess.Popen([sys.executable, "-c", BUILD, str(small_shards), str(root)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(root.glob("prefix-*/.train.states.npy.tmp-*")):  # the states being written
+        assert build.poll() is None and time.monotonic() < deadline, "the build ended before it could be killed"
+        time.sleep(0.002)
+    build.send_signal(signal.SIGKILL)  # as a node losing a trial's process mid-build
+    build.wait()
+    (folder,) = [p for p in root.glob("prefix-*") if p.is_dir()]
+    assert list(folder.glob(".train.states.npy.tmp-*")) and not (folder / "train.states.npy").exists()
+
+    data = NodeData(str(small_shards), root=str(root), prefix_start=10).load(("train", "val"), "tiny", "cpu")
+    assert not list(folder.glob(".*.tmp-*"))  # the half-written states were removed, never mapped
+    model = build_model("tiny", len(small_data.genres), AdapterSettings(min_layer=10), 256, 128)
+    expected = build_cache(model, small_data, start=10, device=torch.device("cpu"))
+    assert np.array_equal(data.prefix.states["train"], expected.states["train"])

@@ -36,8 +36,7 @@ def test_cached_logits_match_the_full_forward_within_bf16(small_data):
 
 def test_training_from_the_cache_gives_the_same_validation_accuracy(small_data, tmp_path):
     cache = build_cache(tiny(small_data), small_data, start=10, device=CPU)
-    cached = small_data.with_prefix(cache, keep_features=False)  # as trials get it: no features at all
-    assert len(cached.split("train").features) == 0 and len(cached.split("train")) == len(small_data.split("train"))
+    cached = small_data.with_prefix(cache)
     plain = train(quick_config("x", tmp_path / "plain", num_train_epochs="3"), small_data)
     fast = train(quick_config("x", tmp_path / "cached", num_train_epochs="3"), cached)
     assert [m["prefix_cache"] for m in fast.history] == [True] * 3
@@ -59,6 +58,9 @@ def test_the_key_refuses_states_of_other_weights_another_dataset_or_a_higher_lay
         check_cache(cache, model, dataclasses.replace(small_data, fingerprint="another dataset"))
     with pytest.raises(CacheMismatch, match="above this model's lowest adapter"):
         check_cache(cache, tiny(small_data, min_layer=9), small_data)
+    without_val = dataclasses.replace(cache, states={"train": cache.states["train"]})
+    with pytest.raises(CacheMismatch, match="no states for all .* windows of split 'val'"):
+        check_cache(without_val, model, small_data)
     with torch.no_grad():  # another checkpoint: one prefix weight differs
         model.backbone.layers[3].mlp.fc1.weight[0, 0] += 1e-3
     with pytest.raises(CacheMismatch, match="other weights"):

@@ -6,7 +6,8 @@ import torch
 
 from genre_sweep.model.checkpoint import CheckpointError, load_trainable
 from genre_sweep.model.export import export_model, load_exported
-from genre_sweep.model.train import predict_logits, train
+from genre_sweep.model.node_store import NodeData
+from genre_sweep.model.train import predict_logits, split_inputs, train
 from tests.model.conftest import quick_config
 
 
@@ -43,7 +44,13 @@ class Stop(Exception):
     pass
 
 
-def test_resuming_from_a_checkpoint_gives_identical_logits(small_shards, small_data, tmp_path):
+@pytest.mark.parametrize("source", ["in memory", "node store with prefix cache"])
+def test_resuming_from_a_checkpoint_gives_identical_logits(source, small_shards, small_data, tmp_path):
+    if source != "in memory":  # mapped from the node's store, states entering layer 10 mapped from there too
+        small_data = NodeData(str(small_shards), root=str(tmp_path / "store"), prefix_start=10).load(
+            ("train", "val"), "tiny", "cpu"
+        )
+        assert small_data.prefix is not None
     straight = train(quick_config(small_shards, tmp_path / "a", num_train_epochs="2"), small_data)
 
     def stop_after_first(metrics, ckpt):
@@ -58,9 +65,9 @@ def test_resuming_from_a_checkpoint_gives_identical_logits(small_shards, small_d
     # compare the final epoch's weights (train() returns the best epoch's)
     load_trainable(tmp_path / "a" / "checkpoints" / "epoch-002", straight.model)
     load_trainable(tmp_path / "b" / "checkpoints" / "epoch-002", resumed.model)
-    val = small_data.split("val")
-    a = predict_logits(straight.model, val, 64, torch.device("cpu"))
-    b = predict_logits(resumed.model, val, 64, torch.device("cpu"))
+    val, inputs = small_data.split("val"), split_inputs(small_data, "val")
+    a = predict_logits(straight.model, val, 64, torch.device("cpu"), inputs)
+    b = predict_logits(resumed.model, val, 64, torch.device("cpu"), inputs)
     assert torch.equal(a, b)
 
 

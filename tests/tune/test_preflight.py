@@ -1,11 +1,13 @@
 """cluster.yaml against Ray's own schema (offline), and each preflight check passing and failing."""
 
+import dataclasses
+import logging
 from pathlib import Path
 
 import yaml
 
-from genre_sweep.tune.configs import PreflightConfig
-from genre_sweep.tune.preflight import check_cluster_config, run_checks
+from genre_sweep.tune.configs import PreflightConfig, RetrainConfig
+from genre_sweep.tune.preflight import cache_start, check_cluster_config, run_checks
 from genre_sweep.tune.preflight import main as preflight_main
 from tests.conftest import save_small_pretrained
 
@@ -43,6 +45,21 @@ def test_every_check_passes_for_a_sound_setup(sweep_shards, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0 and "preflight passed" in out and "fits: gpu_worker" in out
+    (store,) = [line for line in out.splitlines() if "each node's store" in line]
+    # the node type that runs trials, what it will store, and the disk cluster.yaml gives it
+    assert store.startswith("ok") and "gpu_worker: dataset " in store and "prefix cache " in store
+    assert "states entering layer 10" in store and "(150 GB of EBS)" in store
+
+
+def test_a_disk_budget_too_small_for_the_cache_turns_it_off_with_one_line(sweep_shards, tmp_path, caplog):
+    cfg = RetrainConfig(shards=str(sweep_shards), storage=str(tmp_path), node_disk_gb=0.001)
+    with caplog.at_level(logging.WARNING, logger="genre_sweep.tune.preflight"):
+        assert cache_start(cfg, 10, ("train", "val")) is None
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("prefix cache off: each node would store dataset ") and "over --node-disk-gb 0.001" in line
+    assert "runs the 10 frozen layers below layer 10" in line
+    assert cache_start(dataclasses.replace(cfg, node_disk_gb=100.0), 10, ("train", "val")) == 10
+    assert cache_start(dataclasses.replace(cfg, prefix_cache=False), 10, ("train", "val")) is None
 
 
 def test_each_failure_is_reported_with_its_reason(sweep_shards, tmp_path, s3_endpoint):
