@@ -23,7 +23,7 @@ from genre_sweep.config import resolve
 from genre_sweep.data.configs import PrepareConfig, SynthConfig
 from genre_sweep.data.pipeline import run_prepare
 from genre_sweep.data.shards import results_table, shard_table, write_shard
-from genre_sweep.data.sources import discover, work_items
+from genre_sweep.data.sources import discover, labels_of, work_items
 from genre_sweep.data.synth import generate
 from genre_sweep.data.tracks import process_track
 from genre_sweep.store import StoreOptions, filesystem, join
@@ -45,7 +45,7 @@ def plain_loop(cfg: PrepareConfig) -> dict:
     """The same work as the pipeline, one track after another in this process, no Ray."""
     options = StoreOptions()
     tracks, _ = discover(cfg.source, cfg.genres, options)
-    items = work_items(tracks, cfg.split, cfg.seed, cfg.genres)
+    items = work_items(tracks, cfg.split, cfg.seed, cfg.genres or labels_of(tracks, cfg.source))
     fs, root = filesystem(cfg.out, options)
     settings = cfg.track_settings()
     rows = variants = 0

@@ -64,7 +64,11 @@ class PrepareConfig(StoreFlags):
         help="GTZAN-style folder (<root>/<genre>/<file>) or a path,label manifest (.csv/.parquet); local or s3://"
     )
     out: str = field(help="destination folder or s3://bucket/prefix for shards + manifest.json")
-    genres: tuple[str, ...] = field(GTZAN_GENRES, "the labels, comma-separated")
+    genres: tuple[str, ...] | None = field(
+        None,
+        "the labels, comma-separated: then a genre without tracks is an error and other labels are refused; unset: "
+        "every label the source has (its folder names, or a manifest's label column), sorted",
+    )
     split: tuple[float, ...] = field((0.8, 0.1, 0.1), "train,val,test fractions")
     seed: int = field(0, "seed of the split and the augmentations")
     frames: int = field(1024, "fbank frames per window (10 ms each)")
@@ -85,7 +89,7 @@ class PrepareConfig(StoreFlags):
         check(bool(self.source), "source must be given")
         check(bool(self.out), "out must be given")
         check(
-            len(self.genres) >= 2 and len(set(self.genres)) == len(self.genres),
+            self.genres is None or (len(self.genres) >= 2 and len(set(self.genres)) == len(self.genres)),
             f"genres must be at least two distinct names, got {self.genres}",
         )
         check(

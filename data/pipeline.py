@@ -26,7 +26,7 @@ from genre_sweep.data.configs import SPLITS, PrepareConfig, TrackSettings
 from genre_sweep.data.features import AST_MEAN, AST_STD, FRAME_SHIFT, SAMPLE_RATE
 from genre_sweep.data.publish import open_destination
 from genre_sweep.data.shards import FORMAT_VERSION, manifest_bytes, results_table, shard_table, write_shard
-from genre_sweep.data.sources import Rejection, discover, work_items
+from genre_sweep.data.sources import Rejection, discover, labels_of, work_items
 from genre_sweep.data.tracks import process_track
 from genre_sweep.errors import GenreSweepError
 from genre_sweep.ray_start import init_ray, resource_offered
@@ -139,10 +139,11 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     options = cfg.options
     dest = open_destination(cfg.out, options, cfg.overwrite)  # checked, nothing removed (see data.publish)
     tracks, discovery_rejects = discover(cfg.source, cfg.genres, options)
-    empty = [g for g in cfg.genres if not any(t.label == g for t in tracks)]
+    genres = cfg.genres or labels_of(tracks, cfg.source)  # pinned, or the source's own (folder names), sorted
+    empty = [g for g in genres if not any(t.label == g for t in tracks)]
     if empty:
         raise PrepareError(f"genre(s) {empty} have no usable tracks in {cfg.source}; nothing to train them on")
-    items = work_items(tracks, cfg.split, cfg.seed, cfg.genres)
+    items = work_items(tracks, cfg.split, cfg.seed, genres)
     log.info("prepare: %d tracks (%d refused before decoding) -> %s", len(items), len(discovery_rejects), cfg.out)
 
     init_ray(cfg.ray_address)
@@ -173,8 +174,8 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     rejected = [dataclasses.asdict(r) for r in discovery_rejects] + written["rejected"]
 
     per_track = {t["track_id"]: t for t in written["tracks"]}  # a track split over blocks appears twice
-    counts = _counts(written["shards"], per_track, cfg.genres)
-    no_train = [g for g in cfg.genres if counts["train"][g]["rows"] == 0]
+    counts = _counts(written["shards"], per_track, genres)
+    no_train = [g for g in genres if counts["train"][g]["rows"] == 0]
     if no_train:
         reasons = [f"{r['source']}: {r['reason']}" for r in written["rejected"] if r["label"] in no_train][:10]
         raise PrepareError(
@@ -187,7 +188,7 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "version_dir": dest.version,
         "config": dataclasses.asdict(cfg),
-        "genres": list(cfg.genres),
+        "genres": list(genres),
         "features": {
             "frames": cfg.frames,
             "mel_bins": cfg.mel_bins,

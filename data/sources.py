@@ -46,8 +46,9 @@ def _stem(path: str) -> str:
     return posixpath.splitext(path)[0]
 
 
-def discover(source: str, genres: tuple[str, ...], options: StoreOptions) -> tuple[list[Track], list[Rejection]]:
-    """Tracks in ``source`` (folder, or .csv/.parquet manifest), and every input that was refused."""
+def discover(source: str, genres: tuple[str, ...] | None, options: StoreOptions) -> tuple[list[Track], list[Rejection]]:
+    """Tracks in ``source`` (folder, or .csv/.parquet manifest), and every input that was refused; with ``genres``
+    None every label is taken (``labels_of`` then lists them)."""
     fs, path = filesystem(source, options)
     try:
         info = fs.get_file_info(path)
@@ -108,14 +109,23 @@ def _manifest_entries(source: str, fs: pa.fs.FileSystem, path: str) -> list[Entr
     return entries
 
 
-def _admit(entries: list[Entry], genres: tuple[str, ...]) -> tuple[list[Track], list[Rejection]]:
+def labels_of(tracks: list[Track], source: str) -> tuple[str, ...]:
+    """The distinct labels of ``tracks``, sorted: the genres of a source whose labels were not pinned."""
+    labels = tuple(sorted({t.label for t in tracks}))
+    if len(labels) < 2:
+        found = f"only {list(labels)}" if labels else "no labelled audio"
+        raise StoreError(f"source {source}: found {found}; a classifier needs audio of at least two genres")
+    return labels
+
+
+def _admit(entries: list[Entry], genres: tuple[str, ...] | None) -> tuple[list[Track], list[Rejection]]:
     tracks: list[Track] = []
     rejected: list[Rejection] = []
     seen: dict[str, str] = {}
     for uri, label, track_id, reason in entries:
         if reason:
             pass
-        elif label not in genres:
+        elif genres is not None and label not in genres:
             reason = f"unknown label {label!r} (expected one of {', '.join(genres)})"
         elif not uri.lower().endswith(AUDIO_EXTENSIONS):
             reason = f"not an audio file extension (accepted: {' '.join(AUDIO_EXTENSIONS)})"

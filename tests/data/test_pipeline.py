@@ -207,6 +207,16 @@ def test_a_genre_with_no_tracks_at_all_stops_before_any_work(ray_local, tmp_path
         run_prepare(_config(corpus, tmp_path / "out"))
 
 
+def test_without_genres_the_labels_are_the_sources_folder_names_recorded_in_the_manifest(ray_local, tmp_path):
+    corpus = make_corpus(tmp_path / "c", per_genre=2, seconds=3.0, genres=("blues", "jazz"))
+    (corpus / "blues").rename(corpus / "woodwinds")  # names prepare has never seen
+    (corpus / "jazz").rename(corpus / "percussion")
+    cfg = resolve(PrepareConfig, {"source": str(corpus), "out": str(tmp_path / "out"), "effects": "none"})
+    manifest = run_prepare(cfg)
+    assert manifest["genres"] == ["percussion", "woodwinds"]  # sorted; label i is genres[i]
+    assert open_dataset(str(tmp_path / "out")).genres == ["percussion", "woodwinds"]
+
+
 def test_shards_are_parquet_with_float16_tensor_features(prepared):
     out, manifest = prepared
     table = pq.read_table(out / manifest["version_dir"] / manifest["shards"][0]["path"])

@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 
 from genre_sweep.data.configs import GTZAN_GENRES
-from genre_sweep.data.sources import Track, discover, split_tracks
+from genre_sweep.data.sources import Track, discover, labels_of, split_tracks
 from genre_sweep.store import StoreError, StoreOptions
 
 
@@ -22,6 +22,17 @@ def test_both_public_gtzan_layouts_take_labels_from_folder_names(tmp_path, folde
     assert {(t.track_id, t.label) for t in tracks} == {
         (f"{g}/{g}.0000{i}", g) for g in ("blues", "jazz") for i in range(2)
     }
+
+
+def test_without_pinned_genres_the_labels_are_the_folder_names_sorted(tmp_path):
+    for g in ("strings", "brass", "drums", "synth pad", "choir"):  # not GTZAN's: any folder names
+        _touch(tmp_path / g / "take-1.wav")
+    _touch(tmp_path / "README.md")
+    tracks, rejected = discover(str(tmp_path), None, StoreOptions())
+    assert labels_of(tracks, str(tmp_path)) == ("brass", "choir", "drums", "strings", "synth pad")
+    assert [r.reason for r in rejected] == ["not inside a genre folder"]
+    with pytest.raises(StoreError, match=r"found only \['brass'\]; a classifier needs audio of at least two"):
+        labels_of([t for t in tracks if t.label == "brass"], str(tmp_path))
 
 
 def test_unknown_labels_stray_files_and_duplicates_are_rejected_with_reasons(tmp_path):
