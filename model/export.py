@@ -1,43 +1,114 @@
 """Export and load a trained classifier: one self-contained folder, safetensors only, no download.
 
-The folder holds ``config.json`` (the AST config), ``model.safetensors`` (backbone with DoRA merged
-into its weights, the head's LayerNorm and MLP) and ``genre_sweep.json`` (genres, feature settings,
-head size); ``load_exported(folder)`` rebuilds the model from them alone.
+The folder is a Hugging Face model as well as ours:
+
+- ``config.json``: the AST config with ``id2label`` (the genres), the head's size, and an ``auto_map`` naming
+  ``modeling_genre_sweep.py`` (a copy of ``model/hf_modeling.py``), so that
+  ``AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True)`` builds our classifier;
+- ``model.safetensors``: the backbone with DoRA merged into its weights, the head's LayerNorm and MLP;
+- ``preprocessor_config.json``: ``ASTFeatureExtractor``'s settings for our features (16 kHz, the mel bins,
+  the window length, AudioSet's mean and std), so that ``pipeline("audio-classification", model=folder,
+  trust_remote_code=True)`` classifies raw audio at any sample rate;
+- ``genre_sweep.json``: genres, feature settings, head size and adapter settings, for ``load_exported``;
+- ``adapter/``: the DoRA adapter on its own, unmerged, as peft saves one (``adapter_config.json`` naming the
+  base checkpoint, ``adapter_model.safetensors``), so ``PeftModel.from_pretrained(ASTModel.from_pretrained(
+  base), folder / "adapter")`` rebuilds the adapted backbone; ``head.safetensors`` beside it holds the head.
+
+Importing this module registers the two classes with transformers' Auto classes, so that in a process
+that has genre-sweep the ``trust_remote_code`` flag is not needed.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import ASTConfig, ASTModel
+from transformers import ASTConfig, ASTFeatureExtractor, ASTModel, AutoConfig, AutoModelForAudioClassification
 
 from genre_sweep.data.features import AST_MEAN, AST_STD, SAMPLE_RATE
 from genre_sweep.model.configs import AdapterSettings
-from genre_sweep.model.dora_ast import GenreClassifier, ModelError, merge_adapters
+from genre_sweep.model.dora_ast import GenreClassifier, ModelError, dora_config, merge_adapters
+from genre_sweep.model.hf_modeling import GenreSweepASTConfig, GenreSweepASTForAudioClassification
 
 WEIGHTS = "model.safetensors"
 INFO = "genre_sweep.json"
-FORMAT = 1
+MODELING = "modeling_genre_sweep.py"
+ADAPTER = "adapter_model.safetensors"
+FORMAT = 2
+BACKBONE = "audio_spectrogram_transformer."  # the backbone's prefix in the Hugging Face model
+
+AutoConfig.register(GenreSweepASTConfig.model_type, GenreSweepASTConfig, exist_ok=True)
+AutoModelForAudioClassification.register(GenreSweepASTConfig, GenreSweepASTForAudioClassification, exist_ok=True)
+
+
+def hf_config(model: GenreClassifier, genres: list[str]) -> GenreSweepASTConfig:
+    """The Hugging Face config of ``model``: its backbone's, plus the head and the labels."""
+    values = model.backbone.config.to_dict()
+    for key in ("model_type", "architectures", "auto_map", "id2label", "label2id", "transformers_version"):
+        values.pop(key, None)
+    stem = MODELING.removesuffix(".py")
+    return GenreSweepASTConfig(
+        **values,
+        classifier_hidden_layer_size=model.adapters.hidden,
+        id2label=dict(enumerate(genres)),
+        label2id={g: i for i, g in enumerate(genres)},
+        architectures=[GenreSweepASTForAudioClassification.__name__],
+        auto_map={
+            "AutoConfig": f"{stem}.{GenreSweepASTConfig.__name__}",
+            "AutoModelForAudioClassification": f"{stem}.{GenreSweepASTForAudioClassification.__name__}",
+        },
+    )
+
+
+def save_adapter(model: GenreClassifier, out: Path, base: str | None) -> None:
+    """The DoRA adapter of ``model``'s backbone as peft saves a PeftModel's (``base``: the checkpoint it adapts),
+    and the head's weights beside it."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = dora_config(model.adapters, model.n_layers)
+    config.base_model_name_or_path = base
+    config.save_pretrained(str(out))
+    state = get_peft_model_state_dict(model.backbone)
+    save_file({"base_model.model." + k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / ADAPTER))
+    head = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith("head")}
+    save_file(head, str(out / "head.safetensors"))
 
 
 def export_model(
-    model: GenreClassifier, out: Path, genres: tuple[str, ...] | list[str], frames: int, mel_bins: int
+    model: GenreClassifier,
+    out: Path,
+    genres: tuple[str, ...] | list[str],
+    frames: int,
+    mel_bins: int,
+    base: str | None = None,
 ) -> Path:
-    """Write ``model`` (adapters merged, on a copy) to ``out``; returns ``out``."""
+    """Write ``model`` (adapters merged, on a copy) to ``out``, with its adapter apart under ``out/adapter``
+    (``base``: the checkpoint it was trained on); returns ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    genres = list(genres)
+    if hasattr(model.backbone, "peft_config"):  # not for a model loaded from an export: its adapters are merged
+        save_adapter(model, out / "adapter", base)
     merged = merge_adapters(copy.deepcopy(model).cpu().eval())
-    merged.backbone.config.to_json_file(str(out / "config.json"))
-    save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, str(out / WEIGHTS))
+    hf_config(model, genres).save_pretrained(out)
+    weights = {
+        (BACKBONE + k.removeprefix("backbone.") if k.startswith("backbone.") else k): v.contiguous()
+        for k, v in merged.state_dict().items()
+    }
+    save_file(weights, str(out / WEIGHTS), metadata={"format": "pt"})
+    shutil.copyfile(Path(__file__).with_name("hf_modeling.py"), out / MODELING)
+    ASTFeatureExtractor(
+        sampling_rate=SAMPLE_RATE, num_mel_bins=mel_bins, max_length=frames, mean=AST_MEAN, std=AST_STD
+    ).save_pretrained(out)
     info = {
         "format": FORMAT,
-        "genres": list(genres),
+        "genres": genres,
         "classifier_hidden_layer_size": model.adapters.hidden,
         "features": {
             "frames": frames,
@@ -63,13 +134,20 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
         if not (path / name).exists():
             raise ModelError(f"{path} is not an exported genre-sweep model: no {name}")
     info = json.loads((path / INFO).read_text())
-    if info.get("format") != FORMAT:
-        raise ModelError(f"{path}: export format {info.get('format')} != supported {FORMAT}")
-    cfg = ASTConfig.from_pretrained(str(path), attn_implementation="sdpa", local_files_only=True)
+    if info.get("format") not in (1, FORMAT):
+        raise ModelError(f"{path}: export format {info.get('format')} is not one of the supported 1, {FORMAT}")
+    values = json.loads((path / "config.json").read_text())
+    for key in ("model_type", "architectures", "auto_map", "classifier_hidden_layer_size", "transformers_version"):
+        values.pop(key, None)
+    cfg = ASTConfig(**values, attn_implementation="sdpa")
     settings = AdapterSettings(
         min_layer=info["trained_with"]["encoder_min_layer_to_update"], hidden=info["classifier_hidden_layer_size"]
     )
     head_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
     model = GenreClassifier(ASTModel(cfg), len(info["genres"]), settings, head_norm)
-    model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+    weights = {
+        ("backbone." + k.removeprefix(BACKBONE) if k.startswith(BACKBONE) else k): v
+        for k, v in load_file(str(path / WEIGHTS)).items()
+    }
+    model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), info

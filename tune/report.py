@@ -59,7 +59,7 @@ def write_report(
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report"
         report.mkdir()
-        export_model(chosen["model"], report / "model", data.genres, data.frames, data.mel_bins)
+        export_model(chosen["model"], report / "model", data.genres, data.frames, data.mel_bins, base=cfg.pretrained)
         plot_confusion(
             np.array(chosen["test"]["confusion"]),
             list(data.genres),

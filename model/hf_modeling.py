@@ -1,0 +1,55 @@
+"""The exported classifier as a Hugging Face model: AST with DoRA merged, and genre-sweep's MLP head.
+
+This file is copied, as it is, into every exported model folder, and ``config.json``'s ``auto_map`` names
+it, so that ``AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True)`` and
+``pipeline("audio-classification", model=folder, trust_remote_code=True)`` load our trained classifier
+offline without genre-sweep installed. It must import nothing but torch and transformers. Inside
+genre-sweep, ``genre_sweep.model.export`` registers the two classes, so there the flag is not needed.
+
+The head reads the mean of the CLS and distillation tokens after the final LayerNorm, like
+``ASTForAudioClassification``, through a LayerNorm and an MLP (Dropout, Linear, GELU, Dropout,
+Linear) instead of that class's single Linear layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import ASTConfig, ASTModel, ASTPreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class GenreSweepASTConfig(ASTConfig):
+    model_type = "genre-sweep-ast"
+
+    def __init__(self, classifier_hidden_layer_size: int = 200, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier_hidden_layer_size = classifier_hidden_layer_size
+
+
+class GenreSweepASTForAudioClassification(ASTPreTrainedModel):
+    config_class = GenreSweepASTConfig
+
+    def __init__(self, config: GenreSweepASTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.audio_spectrogram_transformer = ASTModel(config)
+        self.head_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        hidden = config.classifier_hidden_layer_size
+        self.head = nn.Sequential(
+            nn.Dropout(0.05),
+            nn.Linear(config.hidden_size, hidden),
+            nn.GELU(),
+            nn.Dropout(0.1),
+            nn.Linear(hidden, config.num_labels),
+        )
+        self.post_init()
+
+    def forward(
+        self, input_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
+    ) -> SequenceClassifierOutput:
+        h = self.audio_spectrogram_transformer(input_values).last_hidden_state
+        logits = self.head(self.head_norm((h[:, 0] + h[:, 1]) / 2))
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
