@@ -3,7 +3,9 @@
 (a) original: the published recipe's loop, HF-Trainer style: a DataLoader of feature batches, the full
     forward through every layer under fp16 autocast with a GradScaler (fp32 on a CPU), per-step
     host synchronisation (``loss.item()`` for the running loss), unfused AdamW, clipping.
-(b) ours:     the project's ``train()`` (bf16 autocast on a GPU, fused AdamW, no per-step sync).
+(b) ours:     the project's ``train()`` (bf16 autocast on a GPU, fused AdamW, no per-step sync; the
+    effective batch executed as one pass, gathered with one index per pass; the last layer computed
+    for the two pooled tokens only).
 (c) cached:   the same ``train()`` starting from the frozen-prefix cache (the cache's one-off build time
     is printed apart: a sweep pays it once for all its trials).
 
@@ -22,6 +24,7 @@ per-trial overhead (trial start to first optimizer step).
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import tempfile
 import time
@@ -30,15 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from genre_sweep.config import resolve
 from genre_sweep.model.configs import AdapterSettings, TrainConfig
-from genre_sweep.model.data import SplitArrays, TrainData, as_tensor
+from genre_sweep.model.data import Gather, SplitArrays, TrainData, as_tensor
 from genre_sweep.model.device import autocast, resolve_device
 from genre_sweep.model.dora_ast import GenreClassifier, build_model
 from genre_sweep.model.prefix_cache import build_for
-from genre_sweep.model.train import param_groups, train
+from genre_sweep.model.train import accumulate, example_weights, param_groups, train
 
 
 def synthetic_data(n: int, frames: int, mel_bins: int, classes: int = 10) -> TrainData:
@@ -85,7 +90,7 @@ def original_recipe(model: GenreClassifier, data: TrainData, args: argparse.Name
         for i, (x, y) in enumerate(loader):
             x, y = x.to(device).float(), y.to(device)
             with amp:
-                loss = F.cross_entropy(model(x).float(), y)
+                loss = F.cross_entropy(model.full_forward(x).float(), y)
             scaler.scale(loss / args.accumulation).backward()
             running += loss.item()  # the Trainer's logging reads the loss back every step
             seen += len(y)
@@ -125,17 +130,85 @@ def ours(data: TrainData, args: argparse.Namespace, device: torch.device) -> tup
     return history[-1]["train_examples_per_s"], history[0]["first_step_s"]
 
 
-def flops_per_example(model: GenreClassifier, data: TrainData, device: torch.device, start: int | None) -> float:
-    """Training FLOPs per example of one step from features (``start`` None) or from the cached states."""
+def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# torch's FlopCounterMode counts the CUDA attention kernels but not the CPU one, which SDPA uses here
+aten = torch.ops.aten
+CPU_ATTENTION = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward,
+}
+
+
+def flops_per_example(
+    model: GenreClassifier, data: TrainData, device: torch.device, start: int | None, original: bool = False
+) -> float:
+    """Training FLOPs per example of one step: the original's full forward, ours from features (``start``
+    None) or ours from the cached states."""
     x = torch.randn(2, data.frames, data.mel_bins, device=device)
     if start is not None:
         with torch.no_grad():
             x = model.prefix(x, start)
-    with FlopCounterMode(display=False) as counter, autocast(device):
-        logits = model(x) if start is None else model.forward_from(x, start)
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter, autocast(device):
+        if original:
+            logits = model.full_forward(x)
+        else:
+            logits = model(x) if start is None else model.forward_from(x, start)
         F.cross_entropy(logits.float(), torch.zeros(2, dtype=torch.long, device=device)).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 2
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched (each about one kernel launch on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(
+    model: GenreClassifier, data: TrainData, args: argparse.Namespace, device: torch.device, start: int | None, chunk=0
+) -> int:
+    """Operators of one optimizer step of batch x accumulation windows run as passes of ``chunk`` (after a warm-up
+    step); ``start`` None: from features, else from the cached states; ``chunk`` 0: the original's full forward,
+    one pass per micro-batch."""
+    xs = as_tensor(data.split("train").features) if start is None else data.prefix.split("train")
+    labels = torch.from_numpy(data.split("train").labels)
+    effective = args.batch_size * args.accumulation
+    index, weights = torch.arange(effective), example_weights(effective, args.batch_size, args.accumulation)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0676), lr=1e-6, fused=device.type == "cuda")
+    model.train()
+
+    def step() -> None:
+        if chunk:
+            accumulate(model, Gather(xs, chunk, device), labels, index, weights, chunk, start, device)
+        else:
+            for first in range(0, effective, args.batch_size):
+                x = xs[first : first + args.batch_size].to(device).float()
+                y = labels[first : first + args.batch_size].to(device)
+                with autocast(device):
+                    loss = F.cross_entropy(model.full_forward(x).float(), y)
+                (loss / args.accumulation).backward()
+                loss.item()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    with OpCounter() as counter:
+        step()
+    return counter.ops
 
 
 def bf16_peak_tflops(device: torch.device) -> float:
@@ -184,6 +257,8 @@ def sweep_figures(args: argparse.Namespace) -> None:
             "retrain": False,
         },
     )
+    summary = Lines("per-trial overhead")  # the sweep's own figure, from Tune's start of each trial
+    logging.getLogger("genre_sweep.tune.progress").addHandler(summary)
     start = time.perf_counter()
     results = run_sweep(cfg)
     wall = time.perf_counter() - start
@@ -192,9 +267,23 @@ def sweep_figures(args: argparse.Namespace) -> None:
     epochs = sum(len(df) for df in frames)
     print(
         f"sweep: {len(results)} trials ({epochs} epochs in all) in {wall:.1f} s = {wall / 60:.1f} min, "
-        f"{args.gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per trial; per-trial overhead (trial start to "
-        f"first optimizer step): median {statistics.median(overhead):.2f} s, max {max(overhead):.2f} s"
+        f"{args.gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per trial; from the trial function's start to "
+        f"its first optimizer step: median {statistics.median(overhead):.2f} s, max {max(overhead):.2f} s"
     )
+    for line in summary.lines:
+        print(f"sweep: {line}")
+
+
+class Lines(logging.Handler):
+    """Keeps the messages of log records that contain ``marker``."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker, self.lines = marker, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.marker in record.getMessage():
+            self.lines.append(record.getMessage())
 
 
 def main() -> None:
@@ -225,20 +314,29 @@ def main() -> None:
         f"trainable (layers >= {args.min_layer}), {args.frames} frames   batch {args.batch_size} x accumulation "
         f"{args.accumulation}, {args.examples} examples per epoch"
     )
+    original_flops = flops_per_example(model, data, device, None, original=True)
     full_flops = flops_per_example(model, data, device, None)
     cached_flops = flops_per_example(model, data, device, args.min_layer)
 
     original = original_recipe(model, data, args, device)
-    del model
     plain, plain_first = ours(data, args, device)
     began = time.perf_counter()
     cache = build_for(args.model, data, args.min_layer, str(device))
     build_s = time.perf_counter() - began
     cached, cached_first = ours(data.with_prefix(cache), args, device)
+    effective = args.batch_size * args.accumulation
+    with_cache = data.with_prefix(cache)
+    ops = {
+        "(a)": ops_per_step(model, data, args, device, None, 0),
+        "(b)": ops_per_step(model, data, args, device, None, effective),
+        "(c)": ops_per_step(model, with_cache, args, device, args.min_layer, effective),
+        "(c) in micro-batches": ops_per_step(model, with_cache, args, device, args.min_layer, args.batch_size),
+    }
+    del model
 
     peak = bf16_peak_tflops(device) if device.type == "cuda" else None
     rows = [
-        ("(a) original recipe", original, full_flops, None),
+        ("(a) original recipe", original, original_flops, None),
         ("(b) ours, no cache", plain, full_flops, plain_first),
         ("(c) ours, cached", cached, cached_flops, cached_first),
     ]
@@ -246,7 +344,7 @@ def main() -> None:
         tflops = eps * flops / 1e12
         line = (
             f"{label:<22} {eps:9.1f} examples/s   x{eps / original:6.2f} vs (a)   "
-            f"{flops / 1e9:7.2f} GFLOP/example -> {tflops:8.3f} TFLOP/s"
+            f"{flops / 1e9:7.3f} GFLOP/example -> {tflops:8.3f} TFLOP/s"
         )
         if peak:
             line += f" ({100 * tflops / peak:.1f} % of peak)"
@@ -257,6 +355,11 @@ def main() -> None:
         f"cached / uncached: x{cached / plain:.2f}   cache build: {build_s:.1f} s for {len(data.split('train'))} + "
         f"{len(data.split('val'))} windows, {cache.nbytes / 1e6:.1f} MB bf16 "
         f"({cache.nbytes / (len(data.split('train')) + len(data.split('val'))) / 1e6:.2f} MB per window)"
+    )
+    print(
+        f"operators per optimizer step (about one kernel launch each on a GPU): (a) {ops['(a)']}, (b) {ops['(b)']}, "
+        f"(c) {ops['(c)']}; (c) executed as {args.accumulation} micro-batches of {args.batch_size} instead of one pass "
+        f"of {effective}: {ops['(c) in micro-batches']}"
     )
     if peak:
         print(f"measured bf16 matmul peak: {peak:.0f} TFLOP/s")

@@ -39,6 +39,12 @@ class TrainConfig(StoreFlags):
     encoder_update_alpha: float = field(4.25, "DoRA scale alpha (lora_alpha = alpha x r)")
     classifier_hidden_layer_size: int = field(200, "hidden size H of the classifier MLP")
     gradient_accumulation_steps: int = field(8, "micro-batches per optimizer step")
+    execution_batch_size: int | None = field(
+        None,
+        "windows per forward/backward pass; the optimizer still steps every batch_size x gradient_accumulation_steps "
+        "windows, on the same loss, so results do not depend on it; unset: that whole effective batch at once "
+        "(halved on a CUDA out-of-memory error)",
+    )
     max_grad_norm: float = field(1.0, "gradient clipping norm")
     seed: int = field(0, "seed of the head's init, data order and dropout")
     device: str = field("auto", DEVICE_HELP)
@@ -56,6 +62,7 @@ class TrainConfig(StoreFlags):
         check(self.encoder_update_alpha > 0, f"encoder_update_alpha must be > 0, got {self.encoder_update_alpha}")
         check(self.classifier_hidden_layer_size >= 1, "classifier_hidden_layer_size must be >= 1")
         check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
+        check(self.execution_batch_size is None or self.execution_batch_size >= 1, "execution_batch_size must be >= 1")
         check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
 
     @property

@@ -6,8 +6,9 @@ encoder layer ``i >= min_layer``. The original recipe's update was ``W + alpha *
 row, the DoRA paper's form).
 
 The frozen prefix (patch embedding and layers below ``start``) and the rest are separable:
-``prefix(x, start)`` gives the hidden states entering layer ``start`` and ``forward_from(h, start)``
-finishes the forward from there, so those states can be cached (all trials share them).
+``prefix(x, start)`` gives the hidden states after layer ``start``'s (frozen) attention, entering its FFN
+where its adapter is, and ``forward_from(h, start)`` finishes the forward from there, so those states can
+be cached (all trials share them).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from transformers import ASTConfig, ASTModel
 
 from genre_sweep.errors import GenreSweepError
+from genre_sweep.model.ast_layers import attention_half, ffn_half, last_layer_tokens
 from genre_sweep.model.configs import AdapterSettings
 
 log = logging.getLogger(__name__)
@@ -138,20 +140,36 @@ class GenreClassifier(nn.Module):
         return len(self.backbone.layers)
 
     def prefix(self, x: torch.Tensor, start: int | None = None) -> torch.Tensor:
-        """Hidden states (B, N, D) entering layer ``start`` (default: the lowest adapted layer)."""
+        """Hidden states (B, N, D) after the attention half of layer ``start`` (default: the lowest adapted layer),
+        i.e. entering its FFN, where its adapter is: everything up to here is frozen."""
         start = self.adapters.min_layer if start is None else start
         h = self.backbone.embeddings(x)  # (B, 2 + patches, D)
         for layer in self.backbone.layers[:start]:
             h = layer(h, None)
-        return h
+        return attention_half(self.backbone.layers[start], h)
 
     def forward_from(self, h: torch.Tensor, start: int) -> torch.Tensor:
-        """Logits from hidden states entering layer ``start``."""
-        for layer in self.backbone.layers[start:]:
-            h = layer(h, None)
-        h = self.backbone.layernorm(h)
-        pooled = (h[:, 0] + h[:, 1]) / 2  # mean of the CLS and distillation tokens
+        """Logits from the states ``prefix(x, start)`` gives. The last layer computes only the two tokens the head
+        reads (``ast_layers.last_layer_tokens``): the same logits, a fraction of that layer's work."""
+        last = self.n_layers - 1
+        if start == last:
+            h = ffn_half(self.backbone.layers[last], h[:, :2])
+        else:
+            h = ffn_half(self.backbone.layers[start], h)
+            for layer in self.backbone.layers[start + 1 : last]:
+                h = layer(h, None)
+            h = last_layer_tokens(self.backbone.layers[last], h)
+        return self.pooled_logits(self.backbone.layernorm(h))
+
+    def pooled_logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from the final LayerNorm's output (at least its first two tokens)."""
+        pooled = (last_hidden[:, 0] + last_hidden[:, 1]) / 2  # mean of the CLS and distillation tokens
         return self.head(self.head_norm(pooled))
+
+    def full_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token through every layer, as the original recipe ran it: the reference that benchmarks
+        measure against (``forward`` gives the same logits with less work)."""
+        return self.pooled_logits(self.backbone(x).last_hidden_state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         start = self.adapters.min_layer

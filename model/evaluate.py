@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import f1_score
 
 from genre_sweep.cli import job_main
 from genre_sweep.model.configs import EvaluateConfig
@@ -79,9 +80,11 @@ def evaluate_split(
     clip_labels[split.clips] = split.labels
     pred = clip_logits(logits, split.clips).argmax(1).numpy()
     matrix = confusion(clip_labels, pred, len(genres))
+    macro_f1 = f1_score(clip_labels, pred, labels=list(range(len(genres))), average="macro", zero_division=0)
     return {
         "window_acc": metrics["eval_window_acc"],
         "clip_acc": metrics["eval_clip_acc"],
+        "clip_macro_f1": float(macro_f1),
         "loss": metrics["eval_loss"],
         "windows": len(split),
         "clips": len(split.clip_names),

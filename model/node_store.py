@@ -154,7 +154,7 @@ class NodeSizes:
     def describe(self) -> str:
         return (
             f"dataset {human(self.dataset)} + prefix cache {human(self.cache)} "
-            f"(states entering layer {self.start}) = {human(self.total)}"
+            f"(states entering layer {self.start}'s FFN) = {human(self.total)}"
         )
 
 
@@ -256,11 +256,10 @@ def node_prefix(
         why = room_for(rows * shape[0] * shape[1] * 2, root, budget_gb)
         if why:
             log.warning(
-                "prefix cache off on this node: the states entering layer %d %s; each step then also runs the %d "
+                "prefix cache off on this node: the states entering layer %d's FFN %s; each step then also runs the "
                 "frozen layers below it (the same mathematics, slower: see bench/train.py)",
                 start,
                 why,
-                start,
             )
             return data
         folder.mkdir(parents=True, exist_ok=True)
@@ -283,7 +282,7 @@ def node_prefix(
                 seconds, size = time.perf_counter() - began, path(split).stat().st_size
                 _record_build(root, f"{folder.name}/{split}", seconds, size)
                 log.info(
-                    "node store: prefix cache of %s (states entering layer %d) built on %s: %.1f MB in %.1f s",
+                    "node store: prefix cache of %s (states entering layer %d's FFN) built on %s: %.1f MB in %.1f s",
                     split,
                     start,
                     dev,

@@ -1,10 +1,11 @@
-"""The frozen-prefix cache: hidden states entering the lowest adaptable layer, computed once, shared by trials.
+"""The frozen-prefix cache: hidden states entering the lowest adapter, computed once, shared by trials.
 
-Every weight below the lowest DoRA adapter is frozen and AST has no dropout, so the hidden states that
-enter layer ``start`` are a pure function of (frozen weights, features). They are computed once per
+Every weight below the lowest DoRA adapter (``fc2`` of layer ``start``) is frozen and AST has no dropout,
+so the hidden states after layer ``start``'s attention, entering its FFN, are a pure function of (frozen
+weights, features). They are computed once per
 (dataset, checkpoint, frames, start), kept in bf16 (as raw uint16 bits in numpy, so that a node maps
 them from its disk: ``model.node_store.node_prefix``), and each step's forward then starts at layer
-``start``.
+``start``'s FFN.
 
 The key hashes the features' dataset identity and the exact prefix weights, so states from another
 checkpoint or dataset are refused, never silently reused. It does not name the splits: a split's states
@@ -50,12 +51,16 @@ class PrefixCache:
 
 
 def prefix_weights_digest(model: GenreClassifier, start: int) -> str:
-    """blake2b of every tensor the prefix up to layer ``start`` uses (embeddings and layers below it)."""
+    """blake2b of every tensor the prefix up to layer ``start``'s attention uses (embeddings, the layers below it,
+    and that layer's first LayerNorm and attention)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{type(model.backbone).__name__}:{start}".encode())
-    parts = [("embeddings", model.backbone.embeddings)] + [
-        (f"layers.{i}", layer) for i, layer in enumerate(model.backbone.layers[:start])
-    ]
+    h.update(f"{type(model.backbone).__name__}:{start}:after-attention".encode())
+    layer = model.backbone.layers[start]
+    parts = (
+        [("embeddings", model.backbone.embeddings)]
+        + [(f"layers.{i}", layer) for i, layer in enumerate(model.backbone.layers[:start])]
+        + [(f"layers.{start}.layernorm_before", layer.layernorm_before), (f"layers.{start}.attention", layer.attention)]
+    )
     for prefix, module in parts:
         for name, t in sorted(module.state_dict().items()):
             t = t.detach().to("cpu").contiguous()
@@ -85,7 +90,7 @@ def compute_states(
     device: torch.device,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(N, tokens, hidden) bf16 bits (uint16) of the states entering layer ``start`` for every window, written
+    """(N, tokens, hidden) bf16 bits (uint16) of the states entering layer ``start``'s FFN for every window, written
     into ``out`` (for example a memory-mapped file) when given, one batch at a time."""
     if len(split) == 0:
         raise CacheMismatch("cannot cache an empty split")
@@ -102,7 +107,7 @@ def compute_states(
 
 
 def build_cache(model: GenreClassifier, data: TrainData, start: int, device: torch.device, batch_size: int = 32):
-    """States entering layer ``start`` for every loaded split of ``data``, with their key."""
+    """States entering layer ``start``'s FFN for every loaded split of ``data``, with their key."""
     if not 0 <= start <= model.adapters.min_layer:
         raise CacheMismatch(f"cache start {start} must be in [0, {model.adapters.min_layer}] (the lowest adapter)")
     began = time.perf_counter()
@@ -111,7 +116,7 @@ def build_cache(model: GenreClassifier, data: TrainData, start: int, device: tor
     cache = PrefixCache(start, cache_key(model, data, start), states)
     n = sum(len(s) for s in data.splits.values())
     log.info(
-        "prefix cache: %d windows entering layer %d, %.2f GB bf16, built in %.1f s on %s",
+        "prefix cache: %d windows entering layer %d's FFN, %.2f GB bf16, built in %.1f s on %s",
         n,
         start,
         cache.nbytes / 1e9,
@@ -131,7 +136,7 @@ def check_cache(cache: PrefixCache, model: GenreClassifier, data: TrainData) -> 
     """Refuse a cache that isn't exactly this dataset's states under this model's frozen prefix."""
     if cache.start > model.adapters.min_layer:
         raise CacheMismatch(
-            f"the cache holds states entering layer {cache.start}, above this model's lowest adapter "
+            f"the cache holds states entering layer {cache.start}'s FFN, above this model's lowest adapter "
             f"{model.adapters.min_layer}"
         )
     if cache.key != cache_key(model, data, cache.start):

@@ -70,6 +70,41 @@ def logits_from(model: GenreClassifier, x: torch.Tensor, start: int | None) -> t
     return model(x) if start is None else model.forward_from(x, start)
 
 
+def example_weights(n: int, batch_size: int, accumulation: int) -> torch.Tensor:
+    """Each position's weight in its optimizer step's loss under the recipe: the mean over its micro-batch of
+    ``batch_size`` (the epoch's last may be shorter), divided by ``accumulation``."""
+    weights = torch.full((n,), 1.0 / (accumulation * batch_size))
+    if n % batch_size:
+        weights[n - n % batch_size :] = 1.0 / (accumulation * (n % batch_size))
+    return weights
+
+
+def accumulate(
+    model: GenreClassifier,
+    gather: Gather,
+    labels: torch.Tensor,
+    index: torch.Tensor,
+    weights: torch.Tensor,
+    chunk: int,
+    start: int | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """Forward and backward of one optimizer step's examples (``index``, with their ``weights``) in passes of
+    ``chunk``: the gradients of sum(weight x loss), the recipe's mean loss, whatever the chunking. Returns the
+    sum of the examples' losses (detached, on ``device``)."""
+    total = torch.zeros((), device=device)
+    for first in range(0, len(index), chunk):
+        part = index[first : first + chunk]
+        x = gather(part).float()  # (B, frames, mel), or (B, tokens, hidden) cached
+        y = labels[part].to(device, non_blocking=True)
+        w = weights[first : first + chunk].to(device, non_blocking=True)
+        with autocast(device):
+            losses = F.cross_entropy(logits_from(model, x, start).float(), y, reduction="none")
+        (losses * w).sum().backward()
+        total += losses.detach().sum()
+    return total
+
+
 def split_inputs(data: TrainData, name: str) -> tuple[torch.Tensor, int | None]:
     """What a forward over split ``name`` starts from: cached prefix states if ``data`` has them, else features."""
     if data.prefix is not None:
@@ -154,8 +189,8 @@ def train(
     optimizer = torch.optim.AdamW(
         param_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=fused
     )
-    micro_batches = math.ceil(len(train_split) / config.batch_size)
-    steps_per_epoch = math.ceil(micro_batches / config.gradient_accumulation_steps)
+    effective = config.batch_size * config.gradient_accumulation_steps  # windows per optimizer step
+    steps_per_epoch = math.ceil(len(train_split) / effective)
     total_steps = steps_per_epoch * config.num_train_epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
 
@@ -172,7 +207,9 @@ def train(
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
 
     (xs, start_layer), labels = split_inputs(data, "train"), torch.from_numpy(train_split.labels)
-    gather = Gather(xs, config.batch_size, device)
+    chunk = min(config.execution_batch_size or effective, effective)
+    gather = Gather(xs, chunk, device)
+    weights = example_weights(len(train_split), config.batch_size, config.gradient_accumulation_steps)
     val_inputs = split_inputs(data, "val")
     first_step_s: float | None = None
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -184,23 +221,27 @@ def train(
         )
         model.train()
         loss_sum = torch.zeros((), device=device)
-        for i, first in enumerate(range(0, len(order), config.batch_size)):
-            idx = order[first : first + config.batch_size]
-            x = gather(idx).float()  # (B, frames, mel), or (B, tokens, hidden) cached
-            y = labels[idx].to(device, non_blocking=True)
-            with autocast(device):
-                loss = F.cross_entropy(logits_from(model, x, start_layer).float(), y)
-            (loss / config.gradient_accumulation_steps).backward()
-            loss_sum += loss.detach() * len(idx)
-            if (i + 1) % config.gradient_accumulation_steps == 0 or i + 1 == micro_batches:
-                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if first_step_s is None:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)  # once per run: the time of a finished step
-                    first_step_s = time.perf_counter() - started
+        for first in range(0, len(order), effective):
+            index, w = order[first : first + effective], weights[first : first + effective]
+            while True:
+                try:
+                    loss_sum += accumulate(model, gather, labels, index, w, chunk, start_layer, device)
+                    break
+                except torch.OutOfMemoryError:
+                    if device.type != "cuda" or chunk == 1:
+                        raise
+                    optimizer.zero_grad(set_to_none=True)  # redo this step's passes, smaller
+                    torch.cuda.empty_cache()
+                    chunk //= 2
+                    log.warning("out of GPU memory: %d windows per forward/backward pass from now on", chunk)
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if first_step_s is None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # once per run: the time of a finished step
+                first_step_s, first_step_at = time.perf_counter() - started, time.time()
         train_s = time.perf_counter() - start
         val = validation_metrics(
             predict_logits(model, val_split, config.eval_batch_size, device, val_inputs), val_split
@@ -218,8 +259,8 @@ def train(
         }
         if epoch == first_epoch:  # where the run is, once: a trial on CPU where a GPU was meant is visible
             metrics |= describe(device)
-            if first_step_s is not None:
-                metrics["first_step_s"] = first_step_s
+            if first_step_s is not None:  # and its wall-clock time, which Tune's trial start is compared with
+                metrics |= {"first_step_s": first_step_s, "first_step_at": first_step_at}
         history.append(metrics)
         if _better(metrics, best):
             best = metrics
@@ -264,7 +305,9 @@ def run(cfg: TrainConfig) -> None:
     check_dataset(cfg.shards, cfg.pretrained, cfg.options, splits=("train", "val"))  # seconds, before any loading
     data = load_data(cfg.shards, cfg.options, splits=("train", "val"))
     result = train(cfg, data)
-    path = export_model(result.model, Path(cfg.out) / "model", data.genres, data.frames, data.mel_bins)
+    path = export_model(
+        result.model, Path(cfg.out) / "model", data.genres, data.frames, data.mel_bins, base=cfg.pretrained
+    )
     log.info(
         "best epoch %d: val_clip_acc %.3f val_window_acc %.3f; exported model: %s",
         result.best_epoch,

@@ -109,7 +109,8 @@ def cache_start(cfg: RetrainConfig, start: int, cached: tuple[str, ...]) -> int 
         if sizes.total > cfg.node_disk_gb * 1e9:
             log.warning(
                 "prefix cache off: each node would store %s, over --node-disk-gb %g; every step then also runs "
-                "the %d frozen layers below layer %d (the same mathematics, slower: bench/train.py measures it)",
+                "the %d frozen layers and the attention of layer %d below the lowest adapter (the same mathematics, "
+                "slower: bench/train.py measures it)",
                 sizes.describe(),
                 cfg.node_disk_gb,
                 start,

@@ -9,6 +9,8 @@ optuna-dashboard keep the full picture.
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from typing import Any
 
 from ray import tune
@@ -25,11 +27,30 @@ class SweepProgress(tune.Callback):
         self.metric, self.trials, self.default_epochs = metric, trials, default_epochs
         self.started = self.done = 0
         self.best: tuple[float, str] | None = None  # (best epoch's metric, trial id)
+        self.start_times: dict[str, float] = {}  # when Tune started each trial (wall clock)
+        self.overheads: dict[str, float] = {}  # from Tune's start of a trial to its first optimizer step, s
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started += 1
+        self.start_times.setdefault(trial.trial_id, time.time())
         config = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()))
         log.info("trial %s started (%d of %d): %s", trial.trial_id, self.started, self.trials, config)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        started = self.start_times.get(trial.trial_id)
+        if "first_step_at" in result and started is not None and trial.trial_id not in self.overheads:
+            self.overheads[trial.trial_id] = result["first_step_at"] - started
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.overheads:
+            values = list(self.overheads.values())
+            log.info(
+                "per-trial overhead, from Tune's start of a trial (actor start, imports, model load, data and cache "
+                "mapping included) to its first optimizer step: median %.2f s, max %.2f s over %d trials",
+                statistics.median(values),
+                max(values),
+                len(values),
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs = int(trial.last_result.get("training_iteration", 0))
@@ -41,8 +62,9 @@ class SweepProgress(tune.Callback):
         self.done += 1
         best = f"best so far {self.best[0]:.3f} (trial {self.best[1]})" if self.best else "no result yet"
         shown = "none" if value is None else f"{value:.3f}"
+        overhead = self.overheads.get(trial.trial_id)
         log.info(
-            "trial %s %s: best %s %s; %d of %d trials done, %s",
+            "trial %s %s: best %s %s; %d of %d trials done, %s%s",
             trial.trial_id,
             how,
             self.metric,
@@ -50,6 +72,7 @@ class SweepProgress(tune.Callback):
             self.done,
             self.trials,
             best,
+            "" if overhead is None else f" (its first step came {overhead:.1f} s after Tune started it)",
         )
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

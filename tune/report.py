@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +29,8 @@ from genre_sweep.store import StoreOptions, filesystem, join, write_atomic, writ
 from genre_sweep.tune.configs import RetrainConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+MIN_COMPLETE_FOR_IMPORTANCE = 6  # and two per searched hyperparameter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +96,7 @@ def write_report(
         counts: dict[str, int] = {}
         for t in study.trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        summary = summary_markdown(
-            cfg.name,
-            counts,
-            {"metric": best.metric, "value": best.value, "epoch": best.epoch, "config": best.config},
-            outcome,
-            files,
-            cfg.study_url(),
-            notes,
-        )
+        summary = summary_markdown(cfg, counts, best, outcome, files, notes)
         (report / "summary.md").write_text(summary)
         url = cfg.study_url()
         if url.startswith("sqlite:///"):  # the study outlives the cluster with the rest of the report
@@ -140,8 +135,13 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def plot_importances(study: optuna.Study, path: Path) -> str | None:
     """fANOVA importances as a PNG; returns why none could be computed, or None when written."""
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(complete) < 2:
-        return f"fANOVA needs at least 2 complete trials, the study has {len(complete)}"
+    searched = {name for t in complete for name in t.params}
+    needed = max(MIN_COMPLETE_FOR_IMPORTANCE, 2 * len(searched))
+    if len(complete) < needed:
+        return (
+            f"{len(complete)} complete trials are too few to attribute the score to {len(searched)} hyperparameters "
+            f"(fANOVA here wants at least {needed}); run more trials"
+        )
     try:
         importances = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
@@ -160,23 +160,24 @@ def plot_importances(study: optuna.Study, path: Path) -> str | None:
 
 
 def plot_history(study: optuna.Study, path: Path, metric: str) -> None:
+    """Each trial at its best epoch (complete in blue, pruned in grey) and the best complete trial so far."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    best = None
-    xs, ys, bests = [], [], []
+    best, done, stopped, line = None, ([], []), ([], []), ([], [])
     for t in study.trials:
-        value = (
-            t.value if t.value is not None else (max(t.intermediate_values.values()) if t.intermediate_values else None)
-        )
-        if value is None:
+        if not t.intermediate_values:
             continue
-        xs.append(t.number)
-        ys.append(value)
-        if t.state == optuna.trial.TrialState.COMPLETE:
+        value = max(t.intermediate_values.values())  # the trial's best epoch, as the retrain picks
+        complete = t.state == optuna.trial.TrialState.COMPLETE
+        (done if complete else stopped)[0].append(t.number)
+        (done if complete else stopped)[1].append(value)
+        if complete:
             best = value if best is None else max(best, value)
-        bests.append(best)
-    colors = ["tab:blue" if study.trials[x].state.name == "COMPLETE" else "tab:gray" for x in xs]
-    ax.scatter(xs, ys, c=colors, s=18, label="trial (grey: pruned, best epoch so far)")
-    ax.step(xs, bests, where="post", color="tab:red", label="best complete")
+        if best is not None:
+            line[0].append(t.number)
+            line[1].append(best)
+    ax.scatter(*done, color="tab:blue", s=18, label="complete trial, its best epoch")
+    ax.scatter(*stopped, color="tab:gray", s=18, label="pruned trial (stopped by ASHA), its best epoch")
+    ax.step(*line, where="post", color="tab:red", label="best complete trial so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(metric)
     ax.set_title("optimisation history")
@@ -186,59 +187,115 @@ def plot_history(study: optuna.Study, path: Path, metric: str) -> None:
     plt.close(fig)
 
 
+def trial_id(folder: str) -> str:
+    """Tune's id of a trial (``5f3a2_00003``) from its folder name (``run_trial_5f3a2_00003_3_batch_size=8,...``)."""
+    parts = folder.split("_")
+    return f"{parts[2]}_{parts[3]}" if len(parts) > 3 and parts[:2] == ["run", "trial"] else folder
+
+
 def plot_learning_curves(curves: dict[str, tuple[list[int], list[float], bool]], path: Path, metric: str) -> None:
-    """curves: trial name -> (epochs, metric values, pruned)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for epochs, values, pruned in curves.values():
+    """Every trial's curve, named in the legend. curves: trial name -> (epochs, metric values, pruned)."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    colors = plt.get_cmap("tab20")
+    for i, (name, (epochs, values, pruned)) in enumerate(sorted(curves.items())):
         ax.plot(
             epochs,
             values,
             linestyle="--" if pruned else "-",
-            alpha=0.6 if pruned else 0.9,
+            marker=".",
             linewidth=1,
-            color="tab:gray" if pruned else None,
+            color=colors(i % 20),
+            label=f"{trial_id(name)}{' (pruned)' if pruned else ''}",
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    ax.set_title(f"learning curves of {len(curves)} trials (dashed: stopped by ASHA)")
+    ax.set_title(f"learning curves of all {len(curves)} trials (dashed: stopped by ASHA)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, ncol=1 + len(curves) // 18, title="trial")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def wilson(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of an accuracy measured on ``n`` independent items."""
+    if n == 0:
+        return 0.0, 1.0
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def summary_markdown(
-    name: str,
+    cfg: RetrainConfig,
     counts: dict[str, int],
-    best: dict[str, Any],
+    best: BestTrial,
     retrain: dict[str, Any],
     files: list[str],
-    study_url: str,
     notes: tuple[str, ...] | list[str] = (),
 ) -> str:
-    lines = [
-        f"# Sweep `{name}`",
-        "",
-        f"Trials: {sum(counts.values())} ({', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))}).",
-        "",
-        f"Best trial: {best['metric']} = {best['value']:.4f} at epoch {best['epoch']}.",
-        "",
-        "Best configuration ([best_config.json](best_config.json)):",
-        "",
-    ]
-    lines += [f"- `{k}`: {v}" for k, v in sorted(best["config"].items())]
+    """The report's front page: the winner, its test result with its uncertainty, the caveats, what to run next."""
+    trial = trial_id(Path(best.path).name)
+    lines = [f"# Sweep `{cfg.name}`", "", "## Result", ""]
+    lines.append(
+        f"The winner is trial `{trial}`: {best.metric} **{best.value:.4f}** at epoch {best.epoch}. Its configuration "
+        "was retrained and tested:"
+    )
     if retrain:
+        n = retrain["test_clips"]
+        low, high = wilson(retrain["test_clip_acc_mean"], n)
         lines += [
             "",
-            f"Retrained with {len(retrain['seeds'])} seeds (best epoch chosen on validation), tested once each:",
+            f"| on the test split ({n} clips, {retrain['test_windows']} windows) | mean ± std over "
+            f"{len(retrain['seeds'])} seeds |",
+            "|---|---|",
+            f"| clip accuracy | **{retrain['test_clip_acc_mean']:.4f} ± {retrain['test_clip_acc_std']:.4f}** |",
+            f"| clip macro-F1 | {retrain['test_clip_macro_f1_mean']:.4f} ± {retrain['test_clip_macro_f1_std']:.4f} |",
+            f"| window accuracy | {retrain['test_window_acc_mean']:.4f} ± {retrain['test_window_acc_std']:.4f} |",
             "",
-            f"- test clip accuracy: **{retrain['test_clip_acc_mean']:.4f} ± {retrain['test_clip_acc_std']:.4f}**",
-            f"- test window accuracy: {retrain['test_window_acc_mean']:.4f} ± {retrain['test_window_acc_std']:.4f}",
-            f"- exported model: [model/](model/) (seed {retrain['exported_seed']})",
+            f"With {n} test clips, the 95 % interval of the clip accuracy is [{low:.3f}, {high:.3f}] (Wilson): the "
+            "test set's own uncertainty, larger than the spread over seeds. Each seed trained to its best epoch on "
+            f"validation and was tested once; the exported model is seed {retrain['exported_seed']}'s (the best "
+            "on validation).",
         ]
-    lines += ["", "Files:", ""] + [f"- [{f}]({f})" for f in files]
+    lines += ["", "## Configuration", "", f"Of trial `{trial}` ([best_config.json](best_config.json)):", ""]
+    lines += [f"- `{k}`: {v}" for k, v in sorted(best.config.items())]
+    lines += [
+        "",
+        "## Trials",
+        "",
+        f"{sum(counts.values())} trials: {', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))} "
+        "(pruned: stopped early by ASHA). See [trials.csv](trials.csv), [history.png](history.png) and "
+        "[learning_curves.png](learning_curves.png).",
+        "",
+        "## Caveats",
+        "",
+        "- The split is random by track, stratified by genre: a track's clips and windows never cross splits, "
+        "but an artist's tracks can. On GTZAN, whose tracks repeat artists (and a few recordings), that makes "
+        "test accuracy higher than on unseen artists; an artist-filtered split is the stricter measure.",
+        "- The winner was chosen on validation among many trials, so its validation score is optimistic; the test "
+        "figures above are the ones to quote.",
+        "",
+        "## Next",
+        "",
+        "```",
+        f"genre-sweep predict SONGS --model {cfg.root}/report/model",
+        "python -c 'from transformers import pipeline; "
+        f'print(pipeline("audio-classification", model="{cfg.root}/report/model", trust_remote_code=True)'
+        '("song.wav"))\'',
+        f"genre-sweep sweep --shards {cfg.shards} --storage {cfg.storage} --name {cfg.name}-more --trials 70",
+        "```",
+        "",
+        "The first predicts songs with the exported model; the second uses it from Hugging Face transformers "
+        'alone (a file path needs ffmpeg; `{"raw": array, "sampling_rate": sr}` does not); the third searches '
+        f"again with more trials. An interrupted sweep is finished with `--name {cfg.name} --resume`.",
+        "",
+        "## Files",
+        "",
+    ]
+    lines += [f"- [{f}]({f})" for f in files]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
-    lines += ["", f"Optuna study: `optuna-dashboard {study_url}`"]
+    lines += ["", f"Optuna study: `optuna-dashboard {cfg.study_url()}`"]
     return "\n".join(lines) + "\n"
 
 

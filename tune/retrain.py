@@ -74,9 +74,17 @@ def retrain(values: dict[str, Any], data: TrainData, seeds: list[int], work: Pat
         "seeds": seeds,
         "per_seed": [
             {k: v for k, v in r.items() if k not in ("model", "test")}
-            | {"test_clip_acc": r["test"]["clip_acc"], "test_window_acc": r["test"]["window_acc"]}
+            | {
+                "test_clip_acc": r["test"]["clip_acc"],
+                "test_window_acc": r["test"]["window_acc"],
+                "test_clip_macro_f1": r["test"]["clip_macro_f1"],
+            }
             for r in runs
         ],
+        "test_clips": chosen["test"]["clips"],
+        "test_windows": chosen["test"]["windows"],
+        "test_clip_macro_f1_mean": statistics.fmean(r["test"]["clip_macro_f1"] for r in runs),
+        "test_clip_macro_f1_std": statistics.pstdev(r["test"]["clip_macro_f1"] for r in runs),
         "test_clip_acc_mean": statistics.fmean(clip),
         "test_clip_acc_std": statistics.pstdev(clip),
         "test_window_acc_mean": statistics.fmean(window),

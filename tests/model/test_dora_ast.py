@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from genre_sweep.model.ast_layers import last_layer_tokens
 from genre_sweep.model.configs import AdapterSettings
 from genre_sweep.model.dora_ast import ModelError, _load_backbone, backbone_config, build_model
 from tests.conftest import save_small_pretrained
@@ -38,9 +39,28 @@ def test_the_frozen_prefix_and_the_rest_compose_to_the_full_forward():
     model = _tiny(min_layer=10).eval()
     x = torch.randn(2, 256, 128)
     with torch.no_grad():
-        full = model(x)
-        for start in (0, 5, 10):
+        full = model.full_forward(x)  # every token through every layer (HF's own ASTModel forward)
+        torch.testing.assert_close(model(x), full, rtol=1e-5, atol=1e-5)
+        for start in (0, 5, 10, 11):
             torch.testing.assert_close(model.forward_from(model.prefix(x, start), start), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", ["tiny", "base-random"])
+def test_the_last_layer_for_the_two_pooled_tokens_equals_the_full_layer_with_the_same_gradients(config):
+    model = build_model(config, 4, AdapterSettings(min_layer=10), frames=128, mel_bins=128)
+    with torch.no_grad():  # adapters away from their identity initialisation
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    layer = model.backbone.layers[-1]
+    h = torch.randn(3, model.backbone.embeddings(torch.zeros(1, 128, 128)).shape[1], model.backbone.config.hidden_size)
+    trainable = [p for p in layer.parameters() if p.requires_grad]
+    full = layer(h, None)[:, :2]
+    expected = torch.autograd.grad(full.square().sum(), trainable)
+    short = last_layer_tokens(layer, h)
+    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-5)
+    for got, want in zip(torch.autograd.grad(short.square().sum(), trainable), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())  # float32 sums
 
 
 def test_a_local_pretrained_folder_loads_offline_and_must_match_the_shards(tmp_path):

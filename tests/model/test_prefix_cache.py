@@ -61,6 +61,18 @@ def test_the_key_refuses_states_of_other_weights_another_dataset_or_a_higher_lay
     without_val = dataclasses.replace(cache, states={"train": cache.states["train"]})
     with pytest.raises(CacheMismatch, match="no states for all .* windows of split 'val'"):
         check_cache(without_val, model, small_data)
+    with torch.no_grad():  # layer 10's FFN comes after the cached states: not part of the key
+        model.backbone.layers[10].mlp.fc1.weight[0, 0] += 1e-3
+    check_cache(cache, model, small_data)
+    q = model.backbone.layers[10].attention.q_proj.weight
+    kept = q.detach().clone()
+    with torch.no_grad():  # but layer 10's attention comes before them
+        q[0, 0] += 1e-3
+    with pytest.raises(CacheMismatch, match="other weights"):
+        check_cache(cache, model, small_data)
+    with torch.no_grad():
+        q.copy_(kept)
+    check_cache(cache, model, small_data)
     with torch.no_grad():  # another checkpoint: one prefix weight differs
         model.backbone.layers[3].mlp.fc1.weight[0, 0] += 1e-3
     with pytest.raises(CacheMismatch, match="other weights"):

@@ -5,10 +5,15 @@ import pytest
 import torch
 
 from genre_sweep.model.checkpoint import CheckpointError, load_trainable
+from genre_sweep.model.configs import AdapterSettings
+from genre_sweep.model.data import Gather
+from genre_sweep.model.dora_ast import build_model
 from genre_sweep.model.export import export_model, load_exported
 from genre_sweep.model.node_store import NodeData
-from genre_sweep.model.train import predict_logits, split_inputs, train
+from genre_sweep.model.train import accumulate, example_weights, predict_logits, split_inputs, train
 from tests.model.conftest import quick_config
+
+CPU = torch.device("cpu")
 
 
 def test_the_loss_falls_and_the_tiny_model_learns_well_above_chance(small_shards, small_data, tmp_path):
@@ -38,6 +43,34 @@ def test_a_run_folder_with_checkpoints_is_not_trained_over_without_resume(small_
     train(quick_config(small_shards, tmp_path / "run", num_train_epochs="1"), small_data)
     with pytest.raises(CheckpointError, match="--resume auto"):
         train(quick_config(small_shards, tmp_path / "run", num_train_epochs="1"), small_data)
+
+
+def one_step(data, batch_size, accumulation, chunk):
+    """The parameters after one optimizer step over the first batch_size x accumulation windows, dropout off."""
+    model = build_model("tiny", len(data.genres), AdapterSettings(min_layer=10), data.frames, data.mel_bins, seed=0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    xs, labels = split_inputs(data, "train")[0], torch.from_numpy(data.split("train").labels)
+    index = torch.arange(batch_size * accumulation)
+    weights = example_weights(len(labels), batch_size, accumulation)[: len(index)]
+    accumulate(model, Gather(xs, chunk, CPU), labels, index, weights, chunk, None, CPU)
+    optimizer.step()
+    return [p.detach().clone() for p in trainable]
+
+
+def test_one_step_of_2x8_and_of_16x1_give_the_same_parameters_however_it_is_executed(small_data):
+    recipe = one_step(small_data, 2, 8, chunk=2)  # the original's execution: 8 passes of 2
+    for batch_size, accumulation, chunk in [(2, 8, 16), (2, 8, 5), (16, 1, 16), (16, 1, 4)]:
+        for got, want in zip(one_step(small_data, batch_size, accumulation, chunk), recipe, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_example_weights_give_each_micro_batch_its_mean_over_the_accumulation():
+    w = example_weights(7, batch_size=3, accumulation=2)  # micro-batches of 3, 3 and the last 1
+    assert w.tolist() == pytest.approx([1 / 6] * 6 + [1 / 2])
 
 
 class Stop(Exception):
@@ -82,7 +115,14 @@ def test_export_round_trip_gives_the_same_logits(small_shards, small_data, tmp_p
     again, _ = load_exported(export_model(loaded, tmp_path / "export2", info["genres"], 256, 128))
     assert torch.equal(predict_logits(again, val, 64, torch.device("cpu")), after)
     assert info["genres"] == list(small_data.genres) and not loaded.training
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "genre_sweep.json", "model.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "adapter",
+        "config.json",
+        "genre_sweep.json",
+        "model.safetensors",
+        "modeling_genre_sweep.py",
+        "preprocessor_config.json",
+    ]
     assert not any("lora" in k for k in loaded.state_dict())
     assert np.isfinite(after.numpy()).all()
 

@@ -57,7 +57,7 @@ def test_a_disk_budget_too_small_for_the_cache_turns_it_off_with_one_line(sweep_
         assert cache_start(cfg, 10, ("train", "val")) is None
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("prefix cache off: each node would store dataset ") and "over --node-disk-gb 0.001" in line
-    assert "runs the 10 frozen layers below layer 10" in line
+    assert "runs the 10 frozen layers and the attention of layer 10" in line
     assert cache_start(dataclasses.replace(cfg, node_disk_gb=100.0), 10, ("train", "val")) == 10
     assert cache_start(dataclasses.replace(cfg, prefix_cache=False), 10, ("train", "val")) is None
 

@@ -12,6 +12,7 @@ import pytest
 from genre_sweep.config import resolve
 from genre_sweep.model.data import load_data
 from genre_sweep.tune.configs import SweepConfig, SweepError
+from genre_sweep.tune.report import wilson
 from genre_sweep.tune.retrain import load_results, retrain
 from genre_sweep.tune.sweep import main as sweep_main
 from genre_sweep.tune.sweep import run_sweep
@@ -70,6 +71,14 @@ def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(sweep_sh
     assert best["config"]["learning_rate"] == pytest.approx(best_trial.params["learning_rate"])
     retrained = json.loads((report / "retrain.json").read_text())
     assert len(retrained["per_seed"]) == 2 and 0 <= retrained["test_clip_acc_mean"] <= 1
+    assert retrained["test_clips"] > 0 and 0 <= retrained["test_clip_macro_f1_mean"] <= 1
+    summary = (report / "summary.md").read_text()
+    winner = Path(best["trial"]).name.split("_")
+    assert f"The winner is trial `{winner[2]}_{winner[3]}`" in summary  # the winning trial, named
+    assert f"on the test split ({retrained['test_clips']} clips" in summary and "95 % interval" in summary
+    assert "clip macro-F1" in summary and "random by track" in summary and "artist" in summary
+    assert f"genre-sweep predict SONGS --model {storage}/s1/report/model" in summary
+    assert 'pipeline("audio-classification"' in summary
     assert len((report / "trials.csv").read_text().splitlines()) == 7
     assert "test clip accuracy" in capsys.readouterr().out
     assert_dashboards_can_read(storage / "s1", study)
@@ -261,6 +270,9 @@ def test_a_sweeps_output_shows_every_trials_epochs_and_the_retrain(sweep_shards,
     assert trial_epochs == 4 and len(epochs) >= trial_epochs + 1, output[-3000:]
     assert "retrain seed 0: best epoch" in output and retrain_epochs["best_epoch"] >= 1
     assert "is already reported" not in output  # Optuna is told each epoch once
+    # each trial's overhead, measured from Tune's start of it (actor start included), and their summary
+    assert output.count("s after Tune started it)") == 2, output[-3000:]
+    assert "per-trial overhead, from Tune's start of a trial" in output and "over 2 trials" in output
 
 
 @pytest.mark.slow
@@ -291,3 +303,9 @@ def test_a_sweep_whose_every_trial_fails_ends_in_one_line(sweep_shards, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: no trial of") and "2 of 2 trials failed" in err[-1]
     assert "encoder_min_layer_to_update 12 must be in [0, 11]" in err[-1]
+
+
+def test_the_test_accuracys_interval_is_wilsons():
+    low, high = wilson(0.8, 100)
+    assert (round(low, 4), round(high, 4)) == (0.7112, 0.8666)  # 80 of 100: the textbook example
+    assert wilson(1.0, 10)[1] == 1.0 and wilson(0.0, 10)[0] == 0.0 and wilson(0.5, 0) == (0.0, 1.0)
