@@ -258,7 +258,9 @@ def sweep_figures(args: argparse.Namespace) -> None:
         },
     )
     summary = Lines("per-trial overhead")  # the sweep's own figure, from Tune's start of each trial
-    logging.getLogger("genre_sweep.tune.progress").addHandler(summary)
+    progress = logging.getLogger("genre_sweep.tune.progress")
+    progress.setLevel(logging.INFO)
+    progress.addHandler(summary)
     start = time.perf_counter()
     results = run_sweep(cfg)
     wall = time.perf_counter() - start

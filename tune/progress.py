@@ -27,8 +27,15 @@ class SweepProgress(tune.Callback):
         self.metric, self.trials, self.default_epochs = metric, trials, default_epochs
         self.started = self.done = 0
         self.best: tuple[float, str] | None = None  # (best epoch's metric, trial id)
-        self.start_times: dict[str, float] = {}  # when Tune started each trial (wall clock)
+        self.start_times: dict[str, float] = {}  # when Tune's controller first had each trial (wall clock)
         self.overheads: dict[str, float] = {}  # from Tune's start of a trial to its first optimizer step, s
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # Tune calls on_trial_start once a trial's actor is up; a trial is seen here first, pending, as soon as
+        # Tune has created it, so its actor's start and imports count in its overhead too
+        now = time.time()
+        for trial in trials:
+            self.start_times.setdefault(trial.trial_id, now)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started += 1
@@ -45,8 +52,8 @@ class SweepProgress(tune.Callback):
         if self.overheads:
             values = list(self.overheads.values())
             log.info(
-                "per-trial overhead, from Tune's start of a trial (actor start, imports, model load, data and cache "
-                "mapping included) to its first optimizer step: median %.2f s, max %.2f s over %d trials",
+                "per-trial overhead, from Tune's start of a trial (its actor's start, imports, model load, data and "
+                "cache mapping included) to its first optimizer step: median %.2f s, max %.2f s over %d trials",
                 statistics.median(values),
                 max(values),
                 len(values),
