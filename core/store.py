@@ -77,6 +77,12 @@ def filesystem(uri: str, options: StoreOptions = StoreOptions()) -> tuple[pafs.F
     return pafs.LocalFileSystem(), str(Path(local).expanduser().resolve())
 
 
+def absolute(uri: str) -> str:
+    """``uri`` as every process can read it: a local path made absolute (Ray's workers and Tune's trials run in
+    other working directories); s3:// as it is."""
+    return uri if is_s3(uri) else str(Path(uri.removeprefix("file://")).expanduser().resolve())
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 

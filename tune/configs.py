@@ -12,7 +12,7 @@ from pathlib import Path
 from genre_sweep.config import check, field
 from genre_sweep.errors import GenreSweepError
 from genre_sweep.model.configs import HUB_DEFAULT
-from genre_sweep.store import StoreFlags, is_s3
+from genre_sweep.store import StoreFlags, absolute, is_s3
 
 
 class SweepError(GenreSweepError, RuntimeError):
@@ -57,6 +57,10 @@ class RetrainConfig(StoreFlags):
     )
 
     def __post_init__(self) -> None:
+        # trials and the retrain run in other working directories: relative local paths would not resolve there
+        object.__setattr__(self, "shards", absolute(self.shards))
+        if self.node_store:
+            object.__setattr__(self, "node_store", absolute(self.node_store))
         check(self.cpus_per_trial > 0, f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         check(self.gpus_per_trial >= 0, f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
         check(self.retrain_seeds >= 1, f"retrain_seeds must be >= 1, got {self.retrain_seeds}")

@@ -35,10 +35,14 @@ def sweep_args(shards, storage, name: str, space, trials: int, *more: str) -> li
     ]
 
 
-def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(sweep_shards, quick_space, tmp_path, capsys):
+def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(
+    sweep_shards, quick_space, tmp_path, capsys, monkeypatch
+):
     storage = tmp_path / "sweeps"
+    monkeypatch.chdir(tmp_path)  # the shards given relative to here, as `make demo` gives them
+    shards = os.path.relpath(sweep_shards, tmp_path)
     code = sweep_main(
-        sweep_args(sweep_shards, storage, "s1", quick_space, 6, "--retrain-seeds", "2", "--max-concurrent-trials", "2")
+        sweep_args(shards, storage, "s1", quick_space, 6, "--retrain-seeds", "2", "--max-concurrent-trials", "2")
     )
     assert code == 0
     assert list(Path(os.environ["GENRE_SWEEP_NODE_STORE"]).glob("dataset-*/index.json"))  # trials mapped a node store
