@@ -47,7 +47,7 @@ from genre_sweep.data.shards import Dataset, features_array, open_dataset
 from genre_sweep.model.configs import AdapterSettings
 from genre_sweep.model.data import SplitArrays, TrainData, clip_index, dataset_fingerprint, row_clips
 from genre_sweep.model.device import resolve_device
-from genre_sweep.model.dora_ast import backbone_config, build_model, sequence_length
+from genre_sweep.model.dora_ast import GenreClassifier, backbone_config, build_model, sequence_length
 from genre_sweep.model.prefix_cache import PrefixCache, cache_key, compute_states, state_shape
 from genre_sweep.store import StoreError, StoreOptions
 
@@ -228,21 +228,23 @@ def node_data(
 
 def node_prefix(
     data: TrainData,
-    pretrained: str,
+    model: GenreClassifier | str,
     start: int,
     device: str = "auto",
     root: Path | str | None = None,
     budget_gb: float | None = None,
 ) -> TrainData:
-    """``data`` with its frozen-prefix cache (the states entering layer ``start`` under ``pretrained``'s frozen
-    weights), mapped from this node's store and built there first if missing, on this process's ``device``.
+    """``data`` with its frozen-prefix cache (the states entering layer ``start``'s FFN under the frozen weights of
+    ``model``, or of a ``pretrained`` name, built here), mapped from this node's store and built there first if
+    missing, on this process's ``device``. A trial passes the model it trains, so it is built once.
 
     Each split's states are one ``.npy`` file under ``<root>/prefix-<key>/``, written under a temporary name
     and renamed when complete, by one process of the node at a time (the others wait, then map it). When the
     missing states do not fit (``room_for``), ``data`` comes back without a cache, with one warning saying why.
     """
     root = Path(root or default_root())
-    model = build_model(pretrained, len(data.genres), AdapterSettings(min_layer=start), data.frames, data.mel_bins)
+    if isinstance(model, str):
+        model = build_model(model, len(data.genres), AdapterSettings(min_layer=start), data.frames, data.mel_bins)
     key = cache_key(model, data, start)
     folder = root / f"prefix-{key[:24]}"
     shape = state_shape(model)
@@ -307,13 +309,16 @@ class NodeData:
     budget_gb: float | None = None  # the most a node store may hold (--node-disk-gb); the free disk bounds it too
 
     def load(self, splits: tuple[str, ...], pretrained: str | None = None, device: str = "auto") -> TrainData:
-        """The named splits mapped from this node's store, with the prefix cache of ``pretrained`` when asked for."""
+        """The named splits mapped from this node's store; with ``pretrained`` given, and the cache asked for, with
+        the prefix cache of that checkpoint too (a trial adds it with ``cached``, from the model it trains)."""
         data = node_data(self.uri, self.options, splits, self.root)
+        return data if pretrained is None else self.cached(data, pretrained, device)
+
+    def cached(self, data: TrainData, model: GenreClassifier | str, device: str = "auto") -> TrainData:
+        """``data`` with the prefix cache of ``model`` (or of a pretrained name) when this source asks for one."""
         if self.prefix_start is None:
             return data
-        if pretrained is None:
-            raise ValueError("a prefix cache needs the pretrained model it caches")
-        return node_prefix(data, pretrained, self.prefix_start, device, self.root, self.budget_gb)
+        return node_prefix(data, model, self.prefix_start, device, self.root, self.budget_gb)
 
 
 def _size(folder: Path) -> int:

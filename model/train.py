@@ -163,13 +163,18 @@ def _better(new: dict[str, float], old: dict[str, float] | None) -> bool:
 
 
 def train(
-    config: TrainConfig, data: TrainData, report: Report | None = None, started: float | None = None
+    config: TrainConfig,
+    data: TrainData,
+    report: Report | None = None,
+    started: float | None = None,
+    model: GenreClassifier | None = None,
 ) -> TrainResult:
     """Train one configuration on ``data``; returns the model with its best epoch's weights.
 
     With ``data.prefix`` (a frozen-prefix cache whose key matches this model and data) every forward
     starts from the cached states. ``started`` (a ``time.perf_counter()`` value, default now) is when
-    the caller began: epoch 1 reports ``first_step_s``, the time from it to the first optimizer step.
+    the caller began: epoch 1 reports ``first_step_s``, the time from it to the first optimizer step. ``model``,
+    when given, is ``build_model``'s for this configuration (``model_for``), untrained.
     """
     started = time.perf_counter() if started is None else started
     run_dir = Path(config.out)
@@ -180,9 +185,7 @@ def train(
     device = resolve_device(config.device)
     train_split, val_split = data.split("train"), data.split("val")
 
-    model = build_model(
-        config.pretrained, len(data.genres), config.adapters, data.frames, data.mel_bins, seed=config.seed
-    ).to(device)
+    model = (model if model is not None else model_for(config, data)).to(device)
     if data.prefix is not None:
         check_cache(data.prefix, model, data)
     fused = device.type == "cuda"
@@ -292,6 +295,13 @@ def train(
     load_trainable(run_dir / "best", model)
     assert best is not None
     return TrainResult(model, best["epoch"], best, history, run_dir)
+
+
+def model_for(config: TrainConfig, data: TrainData) -> GenreClassifier:
+    """The untrained model ``train(config, data)`` starts from."""
+    return build_model(
+        config.pretrained, len(data.genres), config.adapters, data.frames, data.mel_bins, seed=config.seed
+    )
 
 
 def _prune(run_dir: Path, keep: set[int]) -> None:

@@ -28,7 +28,7 @@ def run_trial(config: dict[str, Any], data: NodeData, base: dict[str, Any]) -> N
     import ray
     from ray import tune
 
-    from genre_sweep.model.train import train  # torch and transformers load in the trial's process
+    from genre_sweep.model.train import model_for, train  # torch and transformers load in the trial's process
 
     out = Path(tempfile.mkdtemp(prefix="trial-", dir=os.getcwd()))
     values = {**base, **config, "out": str(out)}
@@ -47,4 +47,6 @@ def run_trial(config: dict[str, Any], data: NodeData, base: dict[str, Any]) -> N
         with_retries(lambda: tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint), "report an epoch")
 
     cfg = resolve(TrainConfig, values)
-    train(cfg, data.load(("train", "val"), cfg.pretrained, cfg.device), report=report, started=started)
+    loaded = data.load(("train", "val"))
+    model = model_for(cfg, loaded)  # built once: for the prefix cache's key (and its build), then trained
+    train(cfg, data.cached(loaded, model, cfg.device), report=report, started=started, model=model)
