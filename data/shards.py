@@ -125,6 +125,10 @@ class Dataset:
     def shards(self, split: str) -> list[dict[str, Any]]:
         return [s for s in self.manifest["shards"] if s["split"] == split]
 
+    def rows(self, split: str) -> int:
+        """Rows (windows) of ``split``, from its shards' listing."""
+        return sum(s["rows"] for s in self.shards(split))
+
     def shard_path(self, root: str, shard: dict[str, Any]) -> str:
         """A shard's path under the dataset's ``root``: inside the version folder the manifest publishes
         (``data.publish``), or at the root for datasets written before version folders."""

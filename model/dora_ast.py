@@ -26,6 +26,7 @@ from transformers import ASTConfig, ASTModel
 from genre_sweep.errors import GenreSweepError
 from genre_sweep.model.ast_layers import attention_half, ffn_half, last_layer_tokens
 from genre_sweep.model.configs import AdapterSettings
+from genre_sweep.model.hf_modeling import mlp_head, pooled
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,7 @@ class GenreClassifier(nn.Module):
         self.adapters = adapters
         self.head_norm = head_norm  # the pretrained classifier's LayerNorm, frozen
         d = backbone.config.hidden_size
-        self.head = nn.Sequential(
-            nn.Dropout(0.05),
-            nn.Linear(d, adapters.hidden),
-            nn.GELU(),
-            nn.Dropout(0.1),
-            nn.Linear(adapters.hidden, n_classes),
-        )
+        self.head = mlp_head(d, adapters.hidden, n_classes)
 
     @property
     def n_layers(self) -> int:
@@ -163,8 +158,7 @@ class GenreClassifier(nn.Module):
 
     def pooled_logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """Logits from the final LayerNorm's output (at least its first two tokens)."""
-        pooled = (last_hidden[:, 0] + last_hidden[:, 1]) / 2  # mean of the CLS and distillation tokens
-        return self.head(self.head_norm(pooled))
+        return self.head(self.head_norm(pooled(last_hidden)))
 
     def full_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Every token through every layer, as the original recipe ran it: the reference that benchmarks

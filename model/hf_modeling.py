@@ -4,7 +4,9 @@ This file is copied, as it is, into every exported model folder, and ``config.js
 it, so that ``AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True)`` and
 ``pipeline("audio-classification", model=folder, trust_remote_code=True)`` load our trained classifier
 offline without genre-sweep installed. It must import nothing but torch and transformers. Inside
-genre-sweep, ``genre_sweep.model.export`` registers the two classes, so there the flag is not needed.
+genre-sweep, ``genre_sweep.model.export`` registers the two classes, so there the flag is not needed, and
+``GenreClassifier`` builds its head and pooling with ``mlp_head`` and ``pooled`` from here, so the two
+models are one definition.
 
 The head reads the mean of the CLS and distillation tokens after the final LayerNorm, like
 ``ASTForAudioClassification``, through a LayerNorm and an MLP (Dropout, Linear, GELU, Dropout,
@@ -18,6 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ASTConfig, ASTModel, ASTPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+def mlp_head(hidden_size: int, hidden: int, n_classes: int) -> nn.Sequential:
+    """genre-sweep's classifier MLP (method.md): Dropout, Linear, GELU, Dropout, Linear."""
+    return nn.Sequential(
+        nn.Dropout(0.05),
+        nn.Linear(hidden_size, hidden),
+        nn.GELU(),
+        nn.Dropout(0.1),
+        nn.Linear(hidden, n_classes),
+    )
+
+
+def pooled(last_hidden: torch.Tensor) -> torch.Tensor:
+    """The mean of the CLS and distillation tokens (the first two) of the final LayerNorm's output."""
+    return (last_hidden[:, 0] + last_hidden[:, 1]) / 2
 
 
 class GenreSweepASTConfig(ASTConfig):
@@ -36,20 +54,13 @@ class GenreSweepASTForAudioClassification(ASTPreTrainedModel):
         self.num_labels = config.num_labels
         self.audio_spectrogram_transformer = ASTModel(config)
         self.head_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        hidden = config.classifier_hidden_layer_size
-        self.head = nn.Sequential(
-            nn.Dropout(0.05),
-            nn.Linear(config.hidden_size, hidden),
-            nn.GELU(),
-            nn.Dropout(0.1),
-            nn.Linear(hidden, config.num_labels),
-        )
+        self.head = mlp_head(config.hidden_size, config.classifier_hidden_layer_size, config.num_labels)
         self.post_init()
 
     def forward(
         self, input_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
     ) -> SequenceClassifierOutput:
         h = self.audio_spectrogram_transformer(input_values).last_hidden_state
-        logits = self.head(self.head_norm((h[:, 0] + h[:, 1]) / 2))
+        logits = self.head(self.head_norm(pooled(h)))
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)

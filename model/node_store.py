@@ -105,7 +105,7 @@ def _write_dataset(ds: Dataset, tmp: Path) -> None:
     index: dict = {"format": STORE_FORMAT, "uri": ds.uri, "fingerprint": dataset_fingerprint(ds.manifest)}
     index["splits"] = {}
     for split in SPLITS:
-        rows = sum(s["rows"] for s in ds.shards(split))
+        rows = ds.rows(split)
         shape = (rows, ds.frames, ds.mel_bins)
         if rows == 0:  # nothing to map: an empty array on its own
             np.save(tmp / f"{split}.features.npy", np.zeros(shape, np.float16))
@@ -161,7 +161,7 @@ class NodeSizes:
 def node_sizes(ds: Dataset, pretrained: str, start: int, cached=("train", "val", "test")) -> NodeSizes:
     """The expected sizes, from the manifest and the model's config alone (no weights, no data read)."""
     cfg, _ = backbone_config(pretrained, ds.frames, ds.mel_bins)
-    rows = {split: sum(s["rows"] for s in ds.shards(split)) for split in SPLITS}
+    rows = {split: ds.rows(split) for split in SPLITS}
     per_window = sequence_length(cfg) * cfg.hidden_size * 2  # bf16
     return NodeSizes(
         dataset_bytes(sum(rows.values()), ds.frames, ds.mel_bins),
@@ -197,7 +197,7 @@ def node_data(
     if not (folder / "index.json").exists():
         with _exclusive(root / f"{folder.name}.lock"):
             if not (folder / "index.json").exists():
-                rows = sum(s["rows"] for split in SPLITS for s in ds.shards(split))
+                rows = sum(ds.rows(split) for split in SPLITS)
                 why = room_for(dataset_bytes(rows, ds.frames, ds.mel_bins), root, None)
                 if why:
                     raise StoreError(

@@ -168,8 +168,9 @@ def plot_history(study: optuna.Study, path: Path, metric: str) -> None:
             continue
         value = max(t.intermediate_values.values())  # the trial's best epoch, as the retrain picks
         complete = t.state == optuna.trial.TrialState.COMPLETE
-        (done if complete else stopped)[0].append(t.number)
-        (done if complete else stopped)[1].append(value)
+        numbers, values = done if complete else stopped
+        numbers.append(t.number)
+        values.append(value)
         if complete:
             best = value if best is None else max(best, value)
         if best is not None:
