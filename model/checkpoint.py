@@ -1,13 +1,16 @@
 """Per-epoch checkpoints without pickle: trainable weights and AdamW state as safetensors, the rest JSON.
 
 A checkpoint folder holds ``trainable.safetensors`` (DoRA + head parameters by name),
-``optimizer.safetensors`` (each parameter's AdamW moments and step, by parameter index) and
-``state.json`` (epoch, scheduler state, metrics history). Loading never unpickles anything.
+``optimizer.safetensors`` (each parameter's AdamW moments and step, by parameter index),
+``state.json`` (epoch, scheduler state, metrics history, best epoch) and, when the best epoch is an earlier
+one, ``best.safetensors`` (that epoch's trainable weights): a checkpoint alone restores the whole run, in
+any folder, as a retried Tune trial does. Loading never unpickles anything.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from genre_sweep.store import write_atomic
 TRAINABLE = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
+BEST = "best.safetensors"
 
 
 class CheckpointError(GenreSweepError, ValueError):
@@ -28,10 +32,18 @@ class CheckpointError(GenreSweepError, ValueError):
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    best: Path | None = None,
 ) -> Path:
-    """Write a checkpoint folder; ``state.json`` last, so a folder with it is complete."""
+    """Write a checkpoint folder; ``state.json`` last, so a folder with it is complete. ``best``: the best
+    epoch's ``trainable.safetensors`` when that epoch is not this one, kept in the folder as ``best.safetensors``."""
     path.mkdir(parents=True, exist_ok=True)
+    if best is not None:
+        shutil.copyfile(best, path / BEST)
     save_file(
         {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
         str(path / TRAINABLE),
@@ -92,6 +104,17 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     sched.update(state.pop("scheduler"))
     scheduler.load_state_dict(sched)
     return state
+
+
+def restore_best(path: Path, state: dict[str, Any], best_dir: Path) -> None:
+    """Put the best epoch's trainable weights, as of checkpoint ``path`` (with its ``state``), in ``best_dir``."""
+    path, source = Path(path), Path(path) / BEST
+    if state["best"]["epoch"] == state["epoch"]:
+        source = path / TRAINABLE
+    elif not source.exists():
+        raise CheckpointError(f"{path}: its best epoch ({state['best']['epoch']}) has no weights there ({BEST})")
+    best_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, best_dir / TRAINABLE)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

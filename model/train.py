@@ -3,7 +3,7 @@
 AdamW (fused on GPU) with weight decay on non-bias, non-norm trainable weights; linear warmup then
 linear decay (transformers' scheduler); gradient accumulation; clipping; bf16 autocast on GPU, fp32 on
 CPU; validation (window and clip accuracy) after every epoch; one ``report(metrics, checkpoint_dir)``
-per epoch; a checkpoint per epoch, the best one kept; resume from a checkpoint.
+per epoch; a checkpoint per epoch (the latest kept, with the best epoch's weights); resume from a checkpoint.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from transformers import get_linear_schedule_with_warmup
 from genre_sweep.cli import job_main
 from genre_sweep.config import to_json
 from genre_sweep.model.checkpoint import (
+    TRAINABLE,
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
     load_trainable,
+    restore_best,
     save_checkpoint,
 )
 from genre_sweep.model.configs import TrainConfig
@@ -204,6 +206,7 @@ def train(
         path = latest_checkpoint(run_dir) if config.resume == "auto" else Path(config.resume)
         if path is not None:
             state = load_checkpoint(path, model, optimizer, scheduler)
+            restore_best(path, state, run_dir / "best")  # a retried trial resumes in a new folder
             history, best, first_epoch = state["history"], state["best"], state["epoch"] + 1
             log.info("resumed from %s at epoch %d", path, first_epoch)
     # metrics.jsonl holds exactly the epochs in ``history``: rewrite it from there
@@ -273,9 +276,11 @@ def train(
             optimizer,
             scheduler,
             {"epoch": epoch, "history": history, "best": best},
+            best=None if best["epoch"] == epoch else run_dir / "best" / TRAINABLE,
         )
         if best["epoch"] == epoch:
-            shutil.copytree(ckpt, run_dir / "best", dirs_exist_ok=True)
+            (run_dir / "best").mkdir(exist_ok=True)
+            shutil.copyfile(ckpt / TRAINABLE, run_dir / "best" / TRAINABLE)
         with (run_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         log.info(
@@ -290,7 +295,7 @@ def train(
         )
         if report is not None:
             report(metrics, ckpt)
-        _prune(run_dir, keep={epoch, best["epoch"]})
+        _prune(run_dir, keep=epoch)
 
     load_trainable(run_dir / "best", model)
     assert best is not None
@@ -304,10 +309,10 @@ def model_for(config: TrainConfig, data: TrainData) -> GenreClassifier:
     )
 
 
-def _prune(run_dir: Path, keep: set[int]) -> None:
-    """Keep the latest epoch's checkpoint (to resume) and the best one; drop the rest."""
+def _prune(run_dir: Path, keep: int) -> None:
+    """Keep the latest epoch's checkpoint (it holds the best epoch's weights too); drop the rest."""
     for path in (run_dir / "checkpoints").glob("epoch-*"):
-        if int(path.name.split("-")[1]) not in keep:
+        if int(path.name.split("-")[1]) != keep:
             shutil.rmtree(path, ignore_errors=True)
 
 

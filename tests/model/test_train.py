@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ def test_the_loss_falls_and_the_tiny_model_learns_well_above_chance(small_shards
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 10
 
 
-def test_reports_once_per_epoch_with_a_checkpoint_and_keeps_only_latest_and_best(small_shards, small_data, tmp_path):
+def test_reports_once_per_epoch_with_a_checkpoint_and_keeps_only_the_latest(small_shards, small_data, tmp_path):
     seen = []
     result = train(
         quick_config(small_shards, tmp_path / "run", num_train_epochs="3"),
@@ -33,10 +34,10 @@ def test_reports_once_per_epoch_with_a_checkpoint_and_keeps_only_latest_and_best
         report=lambda metrics, ckpt: seen.append((metrics["epoch"], ckpt.exists())),
     )
     assert seen == [(1, True), (2, True), (3, True)]
-    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert kept == sorted({f"epoch-{result.best_epoch:03d}", "epoch-003"})
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch-003"]
     files = {p.name for p in (tmp_path / "run" / "checkpoints" / "epoch-003").iterdir()}
-    assert files == {"trainable.safetensors", "optimizer.safetensors", "state.json"}
+    best = {"best.safetensors"} if result.best_epoch != 3 else set()  # the best epoch's weights, when earlier
+    assert files == {"trainable.safetensors", "optimizer.safetensors", "state.json"} | best
 
 
 def test_a_run_folder_with_checkpoints_is_not_trained_over_without_resume(small_shards, small_data, tmp_path):
@@ -102,6 +103,29 @@ def test_resuming_from_a_checkpoint_gives_identical_logits(source, small_shards,
     a = predict_logits(straight.model, val, 64, torch.device("cpu"), inputs)
     b = predict_logits(resumed.model, val, 64, torch.device("cpu"), inputs)
     assert torch.equal(a, b)
+
+
+def test_a_checkpoint_alone_resumes_in_a_new_folder_and_keeps_its_earlier_best_epoch(
+    small_shards, small_data, tmp_path
+):
+    """A retried Tune trial: Tune's copy of a checkpoint, resumed in a fresh folder, when the best epoch is earlier."""
+    kept = tmp_path / "kept"
+
+    def keep(metrics, ckpt):  # what Tune does with each reported checkpoint
+        shutil.copytree(ckpt, kept / ckpt.name)
+
+    settings = {"num_train_epochs": "5", "weight_decay": "0"}  # under which epoch 3 is the best (checked below)
+    straight = train(quick_config(small_shards, tmp_path / "a", **settings), small_data, report=keep)
+    assert straight.best_epoch < 4, straight.history  # else this test would show nothing
+    resume = kept / f"epoch-{straight.best_epoch + 1:03d}"  # an epoch after the best, not the last
+    resumed = train(quick_config(small_shards, tmp_path / "b", resume=str(resume), **settings), small_data)
+    assert resumed.best_epoch == straight.best_epoch
+    val_metrics = [[m[k] for k in ("epoch", "val_clip_acc", "val_loss")] for m in straight.history]
+    assert [[m[k] for k in ("epoch", "val_clip_acc", "val_loss")] for m in resumed.history] == val_metrics
+    val, inputs = small_data.split("val"), split_inputs(small_data, "val")
+    a = predict_logits(straight.model, val, 64, torch.device("cpu"), inputs)
+    b = predict_logits(resumed.model, val, 64, torch.device("cpu"), inputs)
+    assert torch.equal(a, b)  # the best epoch's weights, from the checkpoint, not the last epoch's
 
 
 def test_export_round_trip_gives_the_same_logits(small_shards, small_data, tmp_path):
