@@ -47,6 +47,11 @@ JOBS: dict[str, Job] = {
         "genre_sweep.model.train:run",
         "train one DoRA-AST configuration and export its best epoch",
     ),
+    "pretrain": Job(
+        "genre_sweep.model.configs:PretrainConfig",
+        "genre_sweep.model.pretrain:run",
+        "pretrain the embedded default's small AST on synthetic sound attributes (not genre)",
+    ),
     "evaluate": Job(
         "genre_sweep.model.configs:EvaluateConfig",
         "genre_sweep.model.evaluate:run",

@@ -7,8 +7,14 @@ import dataclasses
 from genre_sweep.config import check, field
 from genre_sweep.store import StoreFlags
 
-# The checkpoint real runs fine-tune (method.md); tests and the demo use named random configs instead.
+# The checkpoint real runs fine-tune (method.md). Without --pretrained, train and sweep fine-tune ``small``, the
+# embedded default shipped in the package (model/pretrain.py made it); unit tests use the random ``tiny``.
 HUB_DEFAULT = "MIT/ast-finetuned-audioset-10-10-0.4593"
+PRETRAINED_HELP = (
+    "hub id (real runs: MIT/ast-finetuned-audioset-10-10-0.4593), a local save_pretrained folder, or a name: "
+    "small (the embedded default: genre-sweep's own small AST, pretrained on synthetic sounds, not genre), "
+    "tiny or base-random (random weights, for tests and benchmarks)"
+)
 DEVICE_HELP = "auto, cpu or cuda[:N]"
 
 
@@ -28,7 +34,7 @@ class TrainConfig(StoreFlags):
 
     shards: str = field(help="prepared dataset (folder or s3://)")
     out: str = field(help="run folder: config, metrics, checkpoints, best model")
-    pretrained: str = field("tiny", "hub id, a local save_pretrained folder, or a named config: tiny, base-random")
+    pretrained: str = field("small", PRETRAINED_HELP)
     learning_rate: float = field(1.32e-4, "peak learning rate")
     batch_size: int = field(2, "windows per micro-batch")
     warmup_ratio: float = field(0.085, "fraction of optimizer steps of linear warmup")
@@ -106,3 +112,41 @@ class PredictConfig(StoreFlags):
     def __post_init__(self) -> None:
         check(self.windows >= 1, f"windows must be >= 1, got {self.windows}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Pretrain the small AST that is the embedded default's frozen backbone, from scratch and from its seed,
+    on a synthetic sound-attribute task that is not genre (the instrument family, pitch register, note density,
+    distortion and pulse of generated sounds), and save it as a Hugging Face AST checkpoint (config.json,
+    model.safetensors, preprocessor_config.json) with pretraining.json (the task, settings, accuracies)."""
+
+    out: str = field(help="folder to write the checkpoint into")
+    seed: int = field(0, "seed of the sounds, the initialisation and the order: the same seed, the same weights")
+    clips: int = field(3200, "training sounds (one window each)")
+    val_clips: int = field(300, "held-out sounds the accuracies are measured on")
+    epochs: int = field(3, "passes over the training sounds")
+    batch_size: int = field(16, "sounds per optimizer step")
+    learning_rate: float = field(1e-3, "peak AdamW learning rate (linear warmup, then linear decay)")
+    weight_decay: float = field(0.01, "AdamW weight decay")
+    hidden_size: int = field(64, "transformer width")
+    layers: int = field(12, "encoder layers (12, like AST-base, so method.md's adapter layers 10-11 apply)")
+    heads: int = field(4, "attention heads")
+    intermediate_size: int = field(256, "FFN width")
+    stride: int = field(16, "patch stride in frequency and time (16: patches do not overlap)")
+    frames: int = field(1024, "fbank frames per window, prepare's default")
+    mel_bins: int = field(128, "mel bins, prepare's default")
+    workers: int = field(2, "processes generating sounds")
+    overwrite: bool = field(False, "replace an existing checkpoint in --out")
+
+    def __post_init__(self) -> None:
+        check(
+            self.clips >= self.batch_size >= 1, f"clips ({self.clips}) must be >= batch_size ({self.batch_size}) >= 1"
+        )
+        check(self.val_clips >= 1, f"val_clips must be >= 1, got {self.val_clips}")
+        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        check(self.hidden_size % self.heads == 0, f"hidden_size {self.hidden_size} must divide by heads {self.heads}")
+        check(1 <= self.stride <= 16, f"stride must be in [1, 16], got {self.stride}")
+        check(16 <= self.frames <= 4096, f"frames must be in [16, 4096], got {self.frames}")
+        check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")

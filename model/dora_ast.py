@@ -39,6 +39,17 @@ NAMED_CONFIGS: dict[str, dict] = {
 }
 
 
+# Checkpoints shipped inside the package, by name. ``small``, the embedded default, is genre-sweep's own AST
+# (12 layers x 64 wide, 1,024 frames x 128 mel bins) pretrained on generated sounds' attributes, not genre, by
+# ``genre-sweep pretrain`` (model/pretrain.py); its pretraining.json says how and what it learnt.
+SHIPPED: dict[str, Path] = {"small": Path(__file__).parent / "pretrained" / "small-ast"}
+
+
+def checkpoint_source(pretrained: str) -> str:
+    """Where ``pretrained``'s weights are: a shipped name's folder, else ``pretrained`` itself (hub id or folder)."""
+    return str(SHIPPED[pretrained]) if pretrained in SHIPPED else pretrained
+
+
 class ModelError(GenreSweepError, ValueError):
     """The model can't be built as asked; the message names the setting and the fix."""
 
@@ -55,6 +66,7 @@ def backbone_config(pretrained: str, frames: int, mel_bins: int) -> tuple[ASTCon
             attn_implementation="sdpa",
         )
         return cfg, None
+    pretrained = checkpoint_source(pretrained)
     if Path(pretrained).exists() and not (Path(pretrained) / "config.json").is_file():
         # transformers 5 returns a default config for such a folder instead of failing
         raise ModelError(f"--pretrained: {pretrained} is a local path but has no AST config.json")

@@ -34,7 +34,7 @@ from transformers import ASTConfig, ASTFeatureExtractor, ASTModel, AutoConfig, A
 
 from genre_sweep.data.features import AST_MEAN, AST_STD, SAMPLE_RATE
 from genre_sweep.model.configs import AdapterSettings
-from genre_sweep.model.dora_ast import GenreClassifier, ModelError, dora_config, merge_adapters
+from genre_sweep.model.dora_ast import GenreClassifier, ModelError, checkpoint_source, dora_config, merge_adapters
 from genre_sweep.model.hf_modeling import GenreSweepASTConfig, GenreSweepASTForAudioClassification
 
 WEIGHTS = "model.safetensors"
@@ -72,7 +72,7 @@ def save_adapter(model: GenreClassifier, out: Path, base: str | None) -> None:
     and the head's weights beside it."""
     out.mkdir(parents=True, exist_ok=True)
     config = dora_config(model.adapters, model.n_layers)
-    config.base_model_name_or_path = base
+    config.base_model_name_or_path = base if base is None else checkpoint_source(base)  # a shipped name: its folder
     config.save_pretrained(str(out))
     state = get_peft_model_state_dict(model.backbone)
     save_file({"base_model.model." + k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / ADAPTER))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from genre_sweep.config import check, field
 from genre_sweep.errors import GenreSweepError
-from genre_sweep.model.configs import HUB_DEFAULT
+from genre_sweep.model.configs import HUB_DEFAULT, PRETRAINED_HELP
 from genre_sweep.store import StoreFlags, absolute, is_s3
 
 
@@ -27,7 +27,7 @@ class RetrainConfig(StoreFlags):
     shards: str = field(help="prepared dataset (folder or s3://)")
     storage: str = field(help="folder or s3://bucket/prefix for trials, study and report")
     name: str = field("sweep", "experiment name: results go to <storage>/<name>")
-    pretrained: str = field("tiny", "hub id, local folder, or named config (tiny, base-random)")
+    pretrained: str = field("small", PRETRAINED_HELP)
     space: str | None = field(None, "YAML file changing the search space (sections space: and fixed:)")
     metric: str = field("val_clip_acc", "validation metric to maximise")
     seed: int = field(0, "seed of TPE, of the trials and of the first retrain")
@@ -125,7 +125,7 @@ class PreflightConfig(StoreFlags):
     shards: str = field(help="prepared dataset the sweep will read (folder or s3://)")
     storage: str = field(help="where the sweep will write (folder or s3://bucket/prefix)")
     cluster: str | None = field(None, "cluster config for `ray up`")
-    pretrained: str = field("tiny", "the model the sweep will train")
+    pretrained: str = field("small", "the model the sweep will train: " + PRETRAINED_HELP)
     space: str | None = field(None, "the sweep's search space YAML (its lowest adapted layer sizes the prefix cache)")
     cpus_per_trial: float = field(1.0, "CPUs per trial")
     gpus_per_trial: float = field(0.0, "GPUs per trial")

@@ -114,6 +114,8 @@ address = f"{ip}:{port}"
 genre_sweep = [sys.executable, "-m", "genre_sweep"]
 sweep = [
     "sweep",
+    "--pretrained",
+    "tiny",
     "--shards",
     shards,
     "--storage",

@@ -65,6 +65,7 @@ cfg = resolve(
     SweepConfig,
     {
         "shards": f"{work}/shards",
+        "pretrained": "tiny",
         "storage": f"{work}/sweeps",
         "name": "lost",
         "space": space,

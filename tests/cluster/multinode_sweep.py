@@ -24,6 +24,7 @@ cfg = resolve(
     SweepConfig,
     {
         "shards": shards,
+        "pretrained": "tiny",
         "storage": storage,
         "name": "mn",
         "space": space,

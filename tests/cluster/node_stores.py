@@ -44,6 +44,7 @@ logging.getLogger("genre_sweep").addHandler(warnings)
 def sweep(name: str, trials: int, **more: str):
     values = {
         "shards": shards,
+        "pretrained": "tiny",
         "storage": str(Path(work) / "sweeps"),
         "name": name,
         "space": space,

@@ -158,6 +158,7 @@ def test_a_truncated_checkpoint_state_is_one_line_not_a_traceback(small_shards, 
     state = tmp_path / "checkpoints" / "epoch-001" / "state.json"
     state.write_text(state.read_text()[:100])  # a write cut short
     flags = ["--shards", str(small_shards), "--out", str(tmp_path), "--device", "cpu", "--resume", "auto"]
+    flags += ["--pretrained", "tiny"]
     assert main(["train", *flags, "--num-train-epochs", "2", "--batch-size", "8"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "state.json is not valid JSON" in err and len(err.splitlines()) == 1

@@ -41,6 +41,8 @@ def test_every_check_passes_for_a_sound_setup(sweep_shards, tmp_path, capsys):
             str(tmp_path / "s"),
             "--gpus-per-trial",
             "0.5",
+            "--pretrained",
+            "tiny",
         ]
     )
     out = capsys.readouterr().out
@@ -52,7 +54,7 @@ def test_every_check_passes_for_a_sound_setup(sweep_shards, tmp_path, capsys):
 
 
 def test_a_disk_budget_too_small_for_the_cache_turns_it_off_with_one_line(sweep_shards, tmp_path, caplog):
-    cfg = RetrainConfig(shards=str(sweep_shards), storage=str(tmp_path), node_disk_gb=0.001)
+    cfg = RetrainConfig(shards=str(sweep_shards), storage=str(tmp_path), node_disk_gb=0.001, pretrained="tiny")
     with caplog.at_level(logging.WARNING, logger="genre_sweep.tune.preflight"):
         assert cache_start(cfg, 10, ("train", "val")) is None
     (line,) = [r.getMessage() for r in caplog.records]
@@ -88,7 +90,9 @@ def test_each_failure_is_reported_with_its_reason(sweep_shards, tmp_path, s3_end
 
 def test_a_trial_no_node_type_can_hold_fails_preflight(sweep_shards, tmp_path):
     results = run_checks(
-        PreflightConfig(shards=str(sweep_shards), storage=str(tmp_path), cluster=str(CLUSTER), gpus_per_trial=2)
+        PreflightConfig(
+            shards=str(sweep_shards), storage=str(tmp_path), cluster=str(CLUSTER), gpus_per_trial=2, pretrained="tiny"
+        )
     )
     ((name, ok, detail),) = [r for r in results if r[0].startswith("a node type")]
     assert not ok and "none does" in detail
@@ -147,6 +151,8 @@ def test_a_gpu_node_type_on_rays_default_ami_fails_preflight(sweep_shards, tmp_p
     del raw["available_node_types"]["gpu_worker"]["node_config"]["ImageId"]
     broken = tmp_path / "cluster.yaml"
     broken.write_text(yaml.safe_dump(raw))
-    results = run_checks(PreflightConfig(shards=str(sweep_shards), storage=str(tmp_path), cluster=str(broken)))
+    results = run_checks(
+        PreflightConfig(shards=str(sweep_shards), storage=str(tmp_path), cluster=str(broken), pretrained="tiny")
+    )
     ((_, ok, detail),) = [r for r in results if r[0] == "GPU node types run a CUDA 13 AMI"]
     assert not ok and "gpu_worker set no ImageId" in detail

@@ -21,6 +21,8 @@ from genre_sweep.tune.sweep import run_sweep
 def sweep_args(shards, storage, name: str, space, trials: int, *more: str) -> list[str]:
     """The command line of a sweep of ``trials`` trials named ``name``; ``more`` adds flags."""
     return [
+        "--pretrained",
+        "tiny",  # the random test model; the shipped default is tested on its own
         "--shards",
         str(shards),
         "--storage",
@@ -93,7 +95,9 @@ def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(
     # Tune kept the winner's best epoch (checkpoints are kept by the metric, not newest-first)
     assert (Path(best["trial"]) / f"checkpoint_{best['epoch'] - 1:06d}").is_dir()
     # and Tune's own results name the same best trial as the report, with no metric or mode to pass
-    cfg = resolve(SweepConfig, {"shards": str(sweep_shards), "storage": str(storage), "name": "s1"})
+    cfg = resolve(
+        SweepConfig, {"shards": str(sweep_shards), "storage": str(storage), "name": "s1", "pretrained": "tiny"}
+    )
     assert load_results(cfg).get_best_result(scope="all").path == best["trial"]
 
 
@@ -121,7 +125,10 @@ def assert_dashboards_can_read(sweep_dir, study) -> None:
 
 
 def test_a_trial_that_no_node_can_hold_fails_the_sweep_at_once(ray_local, sweep_shards, tmp_path):
-    cfg = resolve(SweepConfig, {"shards": str(sweep_shards), "storage": str(tmp_path), "gpus_per_trial": "1"})
+    cfg = resolve(
+        SweepConfig,
+        {"shards": str(sweep_shards), "storage": str(tmp_path), "gpus_per_trial": "1", "pretrained": "tiny"},
+    )
     with pytest.raises(SweepError, match="no node can hold a trial of 1 CPU \\+ 1 GPU"):
         run_sweep(cfg)
 
