@@ -248,16 +248,19 @@ def test_a_sweep_on_s3_storage_leaves_trials_report_and_study_in_the_bucket(
     assert any("/checkpoint_" in k for k in keys)  # trial checkpoints went to the bucket too
 
 
-def test_retrain_runs_on_its_own_after_a_sweep_without_retrain(sweep_shards, quick_space, tmp_path):
+def test_retrain_runs_on_its_own_after_a_sweep_without_retrain(sweep_shards, quick_space, tmp_path, capsys):
     from genre_sweep.tune.retrain import main as retrain_cli
 
     args = sweep_args(sweep_shards, tmp_path, "nr", quick_space, 2, "--retrain-seeds", "1")
     assert sweep_main([*args, "--no-retrain"]) == 0
     assert not (tmp_path / "nr" / "report").exists()
-    args = args[:8] + args[10:]  # the same flags less --trials: retrain takes no search settings
+    at = args.index("--trials")
+    args = args[:at] + args[at + 2 :]  # the same flags less --trials: retrain takes no search settings
     assert retrain_cli(args) == 0
     assert (tmp_path / "nr" / "report" / "summary.md").exists()
-    assert retrain_cli([*args[:4], "--name", "nothing-here"]) == 2
+    capsys.readouterr()
+    assert retrain_cli([*args, "--name", "nothing-here"]) == 2  # the last --name wins
+    assert "no sweep named 'nothing-here'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
