@@ -108,10 +108,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
 def restore_best(path: Path, state: dict[str, Any], best_dir: Path) -> None:
     """Put the best epoch's trainable weights, as of checkpoint ``path`` (with its ``state``), in ``best_dir``."""
-    path, source = Path(path), Path(path) / BEST
-    if state["best"]["epoch"] == state["epoch"]:
-        source = path / TRAINABLE
-    elif not source.exists():
+    path = Path(path)
+    source = path / (TRAINABLE if state["best"]["epoch"] == state["epoch"] else BEST)
+    if not source.exists():
         raise CheckpointError(f"{path}: its best epoch ({state['best']['epoch']}) has no weights there ({BEST})")
     best_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, best_dir / TRAINABLE)

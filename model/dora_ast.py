@@ -54,18 +54,23 @@ class ModelError(GenreSweepError, ValueError):
     """The model can't be built as asked; the message names the setting and the fix."""
 
 
+def fresh_config(frames: int, mel_bins: int, **shape) -> ASTConfig:
+    """The config of an AST built here rather than loaded (a named random config, or ``pretrain``'s model):
+    ``shape`` (widths, depth, strides) over windows of ``frames`` x ``mel_bins``, without dropout, SDPA attention."""
+    return ASTConfig(
+        **shape,
+        max_length=frames,
+        num_mel_bins=mel_bins,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="sdpa",
+    )
+
+
 def backbone_config(pretrained: str, frames: int, mel_bins: int) -> tuple[ASTConfig, str | None]:
     """(config, where to load weights from or None for random init)."""
     if pretrained in NAMED_CONFIGS:
-        cfg = ASTConfig(
-            **NAMED_CONFIGS[pretrained],
-            max_length=frames,
-            num_mel_bins=mel_bins,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            attn_implementation="sdpa",
-        )
-        return cfg, None
+        return fresh_config(frames, mel_bins, **NAMED_CONFIGS[pretrained]), None
     pretrained = checkpoint_source(pretrained)
     if Path(pretrained).exists() and not (Path(pretrained) / "config.json").is_file():
         # transformers 5 returns a default config for such a folder instead of failing

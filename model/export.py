@@ -67,6 +67,14 @@ def hf_config(model: GenreClassifier, genres: list[str]) -> GenreSweepASTConfig:
     )
 
 
+def save_feature_extractor(out: Path, frames: int, mel_bins: int) -> None:
+    """``preprocessor_config.json``: ``ASTFeatureExtractor`` set to our features (16 kHz, ``mel_bins``, windows of
+    ``frames``, AudioSet's mean and std), so a pipeline computes exactly what ``prepare`` stores."""
+    ASTFeatureExtractor(
+        sampling_rate=SAMPLE_RATE, num_mel_bins=mel_bins, max_length=frames, mean=AST_MEAN, std=AST_STD
+    ).save_pretrained(out)
+
+
 def save_adapter(model: GenreClassifier, out: Path, base: str | None) -> None:
     """The DoRA adapter of ``model``'s backbone as peft saves a PeftModel's (``base``: the checkpoint it adapts),
     and the head's weights beside it."""
@@ -103,9 +111,7 @@ def export_model(
     }
     save_file(weights, str(out / WEIGHTS), metadata={"format": "pt"})
     shutil.copyfile(Path(__file__).with_name("hf_modeling.py"), out / MODELING)
-    ASTFeatureExtractor(
-        sampling_rate=SAMPLE_RATE, num_mel_bins=mel_bins, max_length=frames, mean=AST_MEAN, std=AST_STD
-    ).save_pretrained(out)
+    save_feature_extractor(out, frames, mel_bins)
     info = {
         "format": FORMAT,
         "genres": genres,

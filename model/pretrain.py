@@ -38,13 +38,14 @@ import torch
 import torch.nn.functional as F
 from scipy.signal import butter, sosfilt
 from torch import nn
-from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification, ASTModel
+from transformers import ASTConfig, ASTForAudioClassification, ASTModel
 
 from genre_sweep.cli import job_main
-from genre_sweep.data.features import AST_MEAN, AST_STD, FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE, clip_windows
+from genre_sweep.data.features import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE, clip_windows
 from genre_sweep.data.synth import _add, _Instrument
 from genre_sweep.model.configs import PretrainConfig
-from genre_sweep.model.dora_ast import ModelError
+from genre_sweep.model.dora_ast import ModelError, fresh_config
+from genre_sweep.model.export import save_feature_extractor
 from genre_sweep.model.hf_modeling import pooled
 from genre_sweep.seeds import stable_seed
 
@@ -141,18 +142,15 @@ def make_set(cfg: PretrainConfig, split: str, count: int) -> tuple[torch.Tensor,
 
 
 def backbone_settings(cfg: PretrainConfig) -> ASTConfig:
-    return ASTConfig(
+    return fresh_config(
+        cfg.frames,
+        cfg.mel_bins,
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads,
         intermediate_size=cfg.intermediate_size,
         frequency_stride=cfg.stride,
         time_stride=cfg.stride,
-        max_length=cfg.frames,
-        num_mel_bins=cfg.mel_bins,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        attn_implementation="sdpa",
     )
 
 
@@ -273,9 +271,7 @@ def save(model: AttributeModel, info: dict, cfg: PretrainConfig, out: Path) -> N
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     staging.chmod(0o755)  # package data: readable by all, like the rest of the checkout
     full.save_pretrained(staging)
-    ASTFeatureExtractor(
-        sampling_rate=SAMPLE_RATE, num_mel_bins=cfg.mel_bins, max_length=cfg.frames, mean=AST_MEAN, std=AST_STD
-    ).save_pretrained(staging)
+    save_feature_extractor(staging, cfg.frames, cfg.mel_bins)
     (staging / INFO).write_text(json.dumps(info, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
