@@ -10,6 +10,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,7 @@ class RestartableS3:
             self.port = s.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.server = None
+        self.down = threading.Event()  # set while an outage has the server stopped
         self.start()
 
     def start(self) -> None:
@@ -75,14 +77,20 @@ class RestartableS3:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
+            # moto's stop() ends the serving loop but leaves the listening socket open, so a "stopped" server still
+            # accepted connections and the S3 client's own retries waited out the outage unseen; close it, so the
+            # outage is a refused connection, as when a real endpoint goes away
+            self.server._server.server_close()
             self.server = None
 
     def outage(self, seconds: float) -> None:
         self.stop()
+        self.down.set()
         import time
 
         time.sleep(seconds)
         self.start()
+        self.down.clear()
 
     def client(self):
         import boto3

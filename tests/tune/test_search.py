@@ -3,7 +3,6 @@
 import json
 import logging
 import threading
-import time
 
 from genre_sweep.store import StoreOptions, read_bytes
 from genre_sweep.tune.search import PersistentASHA
@@ -15,7 +14,7 @@ def test_the_asha_state_is_written_once_the_store_is_back_and_the_sweep_goes_on(
     asha = PersistentASHA(state_uri=uri, options=options, max_t=9, grace_period=1, reduction_factor=3)
     outage = threading.Thread(target=restartable_s3.outage, args=(2.0,))  # the store is unreachable for 2 s
     outage.start()
-    time.sleep(0.2)
+    assert restartable_s3.down.wait(30)  # the server has stopped (stopping it can take longer than a fixed sleep)
     try:
         with caplog.at_level(logging.WARNING, logger="genre_sweep"):
             asha._save()  # what every scheduler decision does; it must not raise
