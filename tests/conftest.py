@@ -83,12 +83,16 @@ class RestartableS3:
             self.server._server.server_close()
             self.server = None
 
-    def outage(self, seconds: float) -> None:
+    def outage(self, seconds: float, until: threading.Event | None = None) -> None:
+        """Stop the server for ``seconds``, or, with ``until``, until that event is set (``seconds`` at most)."""
         self.stop()
         self.down.set()
-        import time
+        if until is not None:
+            until.wait(seconds)
+        else:
+            import time
 
-        time.sleep(seconds)
+            time.sleep(seconds)
         self.start()
         self.down.clear()
 

@@ -12,9 +12,14 @@ def test_the_asha_state_is_written_once_the_store_is_back_and_the_sweep_goes_on(
     restartable_s3.client().create_bucket(Bucket="asha")
     uri, options = "s3://asha/sweep-asha-state.json", StoreOptions(restartable_s3.endpoint)
     asha = PersistentASHA(state_uri=uri, options=options, max_t=9, grace_period=1, reduction_factor=3)
-    outage = threading.Thread(target=restartable_s3.outage, args=(2.0,))  # the store is unreachable for 2 s
+    # the store is unreachable until the save has failed once (not a fixed time: the S3 client's own set-up and
+    # retries can outlast a short outage, and then there was nothing to ride out)
+    failed = threading.Event()
+    outage = threading.Thread(target=restartable_s3.outage, args=(30.0, failed))
     outage.start()
     assert restartable_s3.down.wait(30)  # the server has stopped (stopping it can take longer than a fixed sleep)
+    seen = SetOn("retrying", failed)
+    logging.getLogger("genre_sweep").addHandler(seen)
     try:
         with caplog.at_level(logging.WARNING, logger="genre_sweep"):
             asha._save()  # what every scheduler decision does; it must not raise
@@ -22,7 +27,21 @@ def test_the_asha_state_is_written_once_the_store_is_back_and_the_sweep_goes_on(
         assert len(state["rungs"]) >= 1 and state["trial_bracket"] == {}
         assert any("attempt 1, retrying in 1 s" in r.getMessage() for r in caplog.records)
     finally:
+        logging.getLogger("genre_sweep").removeHandler(seen)
+        failed.set()
         outage.join()
+
+
+class SetOn(logging.Handler):
+    """Sets ``event`` when a record's message contains ``text``."""
+
+    def __init__(self, text: str, event: threading.Event):
+        super().__init__()
+        self.text, self.event = text, event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
 
 
 def test_a_trial_a_killed_driver_already_told_the_study_is_not_told_again(tmp_path, caplog):
