@@ -3,11 +3,13 @@
 (a) original: the published recipe's loop, HF-Trainer style: a DataLoader of feature batches, the full
     forward through every layer under fp16 autocast with a GradScaler (fp32 on a CPU), per-step
     host synchronisation (``loss.item()`` for the running loss), unfused AdamW, clipping.
-(b) ours:     the project's ``train()`` (bf16 autocast on a GPU, fused AdamW, no per-step sync; the
-    effective batch executed as one pass, gathered with one index per pass; the last layer computed
-    for the two pooled tokens only).
+(b) ours:     the project's ``train()`` (bf16 autocast on a GPU, features fed in bf16, fused AdamW, no
+    per-step sync; the effective batch executed as one pass, gathered with one index per pass, on the
+    GPU when the data fits there; the last layer computed for the two pooled tokens only).
 (c) cached:   the same ``train()`` starting from the frozen-prefix cache (the cache's one-off build time
     is printed apart: a sweep pays it once for all its trials).
+(d) compiled: (c) with ``--compile`` (torch.compile of the trained part of the step); on a GPU unless
+    a sweep follows, or with ``--compile``.
 
 Every path trains the same model and configuration (the original's best by default: batch 2 x
 accumulation 8, DoRA rank 2 alpha 4.25 on layers 10-11, head 200) on the same random features, and
@@ -110,8 +112,8 @@ def original_recipe(model: GenreClassifier, data: TrainData, args: argparse.Name
     return seen / (time.perf_counter() - start)
 
 
-def ours(data: TrainData, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
-    """(b)/(c) the last epoch's examples/s of the real ``train()``, and its first_step_s."""
+def ours(data: TrainData, args: argparse.Namespace, device: torch.device, compile: bool = False) -> tuple[float, float]:
+    """(b)/(c)/(d) the last epoch's examples/s of the real ``train()``, and its first_step_s."""
     with tempfile.TemporaryDirectory() as out:
         cfg = resolve(
             TrainConfig,
@@ -124,6 +126,7 @@ def ours(data: TrainData, args: argparse.Namespace, device: torch.device) -> tup
                 "num_train_epochs": args.epochs,
                 "encoder_min_layer_to_update": args.min_layer,
                 "device": str(device),
+                "compile": compile,
             },
         )
         history = train(cfg, data).history
@@ -192,7 +195,7 @@ def ops_per_step(
 
     def step() -> None:
         if chunk:
-            accumulate(model, Gather(xs, chunk, device), labels, index, weights, chunk, start, device)
+            accumulate(model, Gather((xs, labels), chunk, device), index, weights.to(device), chunk, start, device)
         else:
             for first in range(0, effective, args.batch_size):
                 x = xs[first : first + args.batch_size].to(device).float()
@@ -304,7 +307,19 @@ def main() -> None:
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--work", default="bench-run/train", help="folder for the sweep's corpus, shards and trials")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also (d): (c) with --compile (default: on a GPU, unless a sweep follows)",
+    )
+    p.add_argument("--sweep-only", action="store_true", help="run only the sweep (--sweep-trials), not the step paths")
     args = p.parse_args()
+    if args.sweep_only:
+        if not args.sweep_trials:
+            p.error("--sweep-only needs --sweep-trials N")
+        sweep_figures(args)
+        return
     device = resolve_device(args.device)
     data = synthetic_data(args.examples, args.frames, 128)
     model = build_model(args.model, 10, AdapterSettings(min_layer=args.min_layer), args.frames, 128).to(device)
@@ -319,30 +334,12 @@ def main() -> None:
     original_flops = flops_per_example(model, data, device, None, original=True)
     full_flops = flops_per_example(model, data, device, None)
     cached_flops = flops_per_example(model, data, device, args.min_layer)
-
-    original = original_recipe(model, data, args, device)
-    plain, plain_first = ours(data, args, device)
-    began = time.perf_counter()
-    cache = build_for(args.model, data, args.min_layer, str(device))
-    build_s = time.perf_counter() - began
-    cached, cached_first = ours(data.with_prefix(cache), args, device)
-    effective = args.batch_size * args.accumulation
-    with_cache = data.with_prefix(cache)
-    ops = {
-        "(a)": ops_per_step(model, data, args, device, None, 0),
-        "(b)": ops_per_step(model, data, args, device, None, effective),
-        "(c)": ops_per_step(model, with_cache, args, device, args.min_layer, effective),
-        "(c) in micro-batches": ops_per_step(model, with_cache, args, device, args.min_layer, args.batch_size),
-    }
-    del model
-
     peak = bf16_peak_tflops(device) if device.type == "cuda" else None
-    rows = [
-        ("(a) original recipe", original, original_flops, None),
-        ("(b) ours, no cache", plain, full_flops, plain_first),
-        ("(c) ours, cached", cached, cached_flops, cached_first),
-    ]
-    for label, eps, flops, first in rows:
+    if peak:
+        print(f"measured bf16 matmul peak: {peak:.0f} TFLOP/s")
+
+    def row(label: str, eps: float, flops: float, first: float | None = None) -> None:
+        """One path's line, printed as soon as it is measured (a later path's time limit loses only that path)."""
         tflops = eps * flops / 1e12
         line = (
             f"{label:<22} {eps:9.1f} examples/s   x{eps / original:6.2f} vs (a)   "
@@ -352,19 +349,41 @@ def main() -> None:
             line += f" ({100 * tflops / peak:.1f} % of peak)"
         if first is not None:
             line += f"   first step after {first:.2f} s"
-        print(line)
+        print(line, flush=True)
+
+    original = original_recipe(model, data, args, device)
+    row("(a) original recipe", original, original_flops)
+    plain, plain_first = ours(data, args, device)
+    row("(b) ours, no cache", plain, full_flops, plain_first)
+    began = time.perf_counter()
+    cache = build_for(args.model, data, args.min_layer, str(device))
+    build_s = time.perf_counter() - began
+    with_cache = data.with_prefix(cache)
+    cached, cached_first = ours(with_cache, args, device)
+    row("(c) ours, cached", cached, cached_flops, cached_first)
     print(
         f"cached / uncached: x{cached / plain:.2f}   cache build: {build_s:.1f} s for {len(data.split('train'))} + "
         f"{len(data.split('val'))} windows, {cache.nbytes / 1e6:.1f} MB bf16 "
         f"({cache.nbytes / (len(data.split('train')) + len(data.split('val'))) / 1e6:.2f} MB per window)"
     )
+    effective = args.batch_size * args.accumulation
+    ops = {
+        "(a)": ops_per_step(model, data, args, device, None, 0),
+        "(b)": ops_per_step(model, data, args, device, None, effective),
+        "(c)": ops_per_step(model, with_cache, args, device, args.min_layer, effective),
+        "(c) in micro-batches": ops_per_step(model, with_cache, args, device, args.min_layer, args.batch_size),
+    }
+    del model
     print(
         f"operators per optimizer step (about one kernel launch each on a GPU): (a) {ops['(a)']}, (b) {ops['(b)']}, "
         f"(c) {ops['(c)']}; (c) executed as {args.accumulation} micro-batches of {args.batch_size} instead of one pass "
-        f"of {effective}: {ops['(c) in micro-batches']}"
+        f"of {effective}: {ops['(c) in micro-batches']}",
+        flush=True,
     )
-    if peak:
-        print(f"measured bf16 matmul peak: {peak:.0f} TFLOP/s")
+    if args.compile or (args.compile is None and device.type == "cuda" and not args.sweep_trials):
+        compiled, compiled_first = ours(with_cache, args, device, compile=True)
+        row("(d) (c) + torch.compile", compiled, cached_flops, compiled_first)
+        print(f"compiled / cached: x{compiled / cached:.2f} (its first step includes the compile)")
     if args.sweep_trials:
         sweep_figures(args)
 

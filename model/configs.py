@@ -52,6 +52,11 @@ class TrainConfig(StoreFlags):
         "(halved on a CUDA out-of-memory error)",
     )
     max_grad_norm: float = field(1.0, "gradient clipping norm")
+    compile: bool = field(
+        False,
+        "torch.compile the trained part of each step (fewer, fused kernels) after a one-off compile of tens of "
+        "seconds per process; if compiling fails, training goes on eagerly with one warning",
+    )
     seed: int = field(0, "seed of the head's init, data order and dropout")
     device: str = field("auto", DEVICE_HELP)
     eval_batch_size: int = field(64, "windows per validation batch")

@@ -105,32 +105,56 @@ def dataset_fingerprint(manifest: dict[str, Any]) -> str:
 
 
 class Gather:
-    """A batch's rows of ``source`` (features or cached states, possibly memory-mapped) on ``device``: one
-    ``index_select`` per batch into a reusable buffer, no per-example Python.
+    """A batch's rows of each of ``sources`` (features or cached states, possibly memory-mapped, and their labels) on
+    ``device``: one ``index_select`` per source and batch, no per-example Python.
 
-    On CUDA the buffers are pinned and copied without blocking; there are two, taken in turn, and a buffer is
-    refilled only once its previous copy has finished (an event), so filling one never races the other's copy.
+    ``resident``: the sources were copied to the device once (``resident_fits`` says whether they fit), and each
+    batch is gathered there with an index already on the device; nothing crosses the bus per step. Otherwise the
+    rows are gathered on the host into reusable buffers; on CUDA these are pinned and copied without blocking,
+    two sets taken in turn, and a set is refilled only once its previous copy has finished (an event), so filling
+    one never races the other's copy.
     """
 
-    def __init__(self, source: torch.Tensor, rows: int, device: torch.device):
-        self.source, self.device = source, device
-        cuda = device.type == "cuda"
-        shape = (rows, *source.shape[1:])
-        self.buffers = [torch.empty(shape, dtype=source.dtype, pin_memory=cuda) for _ in range(2 if cuda else 1)]
+    def __init__(self, sources: tuple[torch.Tensor, ...], rows: int, device: torch.device, resident: bool = False):
+        self.device, self.resident = device, resident
+        self.sources = tuple(s.to(device) for s in sources) if resident else sources
+        cuda = device.type == "cuda" and not resident
+        self.buffers = [
+            tuple(torch.empty((rows, *s.shape[1:]), dtype=s.dtype, pin_memory=cuda) for s in sources)
+            for _ in range(2 if cuda else 1)
+        ]
         self.copied: list[Any] = [None] * len(self.buffers)
         self.turn = 0
 
-    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+    @property
+    def index_device(self) -> torch.device:
+        """Where the index given to a call must be: the device for resident sources, else the host."""
+        return self.device if self.resident else torch.device("cpu")
+
+    def __call__(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.resident:
+            return tuple(torch.index_select(s, 0, index) for s in self.sources)
         i, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
         if self.copied[i] is not None:
             self.copied[i].synchronize()
-        batch = torch.index_select(self.source, 0, index, out=self.buffers[i][: len(index)])
+        pairs = zip(self.sources, self.buffers[i], strict=True)
+        batch = tuple(torch.index_select(s, 0, index, out=b[: len(index)]) for s, b in pairs)
         if self.device.type != "cuda":
             return batch  # valid until the next call
-        on_device = batch.to(self.device, non_blocking=True)
+        on_device = tuple(b.to(self.device, non_blocking=True) for b in batch)
         self.copied[i] = torch.cuda.Event()
         self.copied[i].record()
         return on_device
+
+
+# the most of the free GPU memory a trial's resident data may take: the rest is for activations and other trials
+RESIDENT_SHARE = 0.25
+
+
+def resident_fits(nbytes: int, device: torch.device) -> bool:
+    """Whether ``nbytes`` of training data should live on ``device``: on CUDA, when it takes at most
+    ``RESIDENT_SHARE`` of the GPU's free memory; never on the CPU (there the data is already in memory)."""
+    return device.type == "cuda" and nbytes <= RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0]
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:

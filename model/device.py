@@ -90,3 +90,10 @@ def describe(device: torch.device) -> dict[str, Any]:
 def autocast(device: torch.device) -> AbstractContextManager:
     """bf16 autocast on CUDA; fp32 (no autocast) on the CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def input_dtype(device: torch.device, cached: bool) -> torch.dtype:
+    """What a batch enters the model as. On CUDA, features in bf16: autocast casts them to bf16 for the patch
+    embedding anyway, so the values are the same, without an fp32 copy; cached states in fp32, as they enter the
+    residual stream, which stays fp32 as in the uncached forward. On the CPU (no autocast), fp32."""
+    return torch.bfloat16 if device.type == "cuda" and not cached else torch.float32

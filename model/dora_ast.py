@@ -13,6 +13,7 @@ be cached (all trials share them).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -133,6 +134,36 @@ def _load_backbone(cfg: ASTConfig, source: str | None) -> tuple[ASTModel, nn.Lay
     return full.audio_spectrogram_transformer, head_norm
 
 
+# The last backbone this process loaded, untouched: a Tune actor reused for the next trial (and a retrain seed
+# after another) copies it from memory instead of loading the checkpoint again. One entry: a process trains one.
+_kept: tuple[tuple, ASTModel, nn.LayerNorm] | None = None
+
+
+def _checkpoint_stamp(cfg: ASTConfig, source: str | None) -> tuple:
+    """What identifies a backbone's weights: its config, its source and, for a local folder, its files' sizes and
+    modification times (a checkpoint rewritten in place, say by ``pretrain --overwrite``, is loaded again)."""
+    folder = Path(source) if source is not None else None
+    files = (
+        tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+        if folder is not None and folder.is_dir()
+        else ()
+    )
+    return cfg.to_json_string(), source, files
+
+
+def kept_backbone(cfg: ASTConfig, source: str | None) -> tuple[ASTModel, nn.LayerNorm, bool]:
+    """A fresh copy of the backbone and head LayerNorm ``_load_backbone`` gives, and whether it came from this
+    process's memory (the checkpoint already loaded here) rather than from disk."""
+    global _kept
+    stamp = _checkpoint_stamp(cfg, source)
+    reused = _kept is not None and _kept[0] == stamp
+    if not reused:
+        _kept = None  # free the previous one first
+        _kept = (stamp, *_load_backbone(cfg, source))
+    assert _kept is not None
+    return copy.deepcopy(_kept[1]), copy.deepcopy(_kept[2]), reused
+
+
 class GenreClassifier(nn.Module):
     """AST backbone + DoRA + MLP head; logits (B, n_classes) from fbank windows (B, frames, mel)."""
 
@@ -146,6 +177,8 @@ class GenreClassifier(nn.Module):
         self.head_norm = head_norm  # the pretrained classifier's LayerNorm, frozen
         d = backbone.config.hidden_size
         self.head = mlp_head(d, adapters.hidden, n_classes)
+        self.backbone_reused = False  # build_model: the backbone was copied from this process's memory
+        self.prefix_digests: dict[tuple, str] = {}  # prefix_cache.prefix_weights_digest's, by the weights' versions
 
     @property
     def n_layers(self) -> int:
@@ -204,14 +237,16 @@ def build_model(
 ) -> GenreClassifier:
     """Build the classifier: frozen AST (pretrained or a named random config), DoRA, a fresh MLP head.
 
-    Only the DoRA parameters and the head's linear layers require grad; ``seed`` initialises the head.
+    Only the DoRA parameters and the head's linear layers require grad; ``seed`` initialises the head. A process
+    loads a checkpoint once (``kept_backbone``): later builds copy it from memory.
     """
     if adapters.rank < 1:
         raise ModelError(f"encoder_update_rank must be >= 1, got {adapters.rank}")
     cfg, source = backbone_config(pretrained, frames, mel_bins)
-    backbone, head_norm = _load_backbone(cfg, source)
+    backbone, head_norm, reused = kept_backbone(cfg, source)
     torch.manual_seed(seed)
     model = GenreClassifier(backbone, n_classes, adapters, head_norm)
+    model.backbone_reused = reused
     for p in model.parameters():
         p.requires_grad_(False)
     inject_adapter_in_model(dora_config(adapters, model.n_layers), model.backbone)

@@ -25,7 +25,7 @@ import torch
 from genre_sweep.errors import GenreSweepError
 from genre_sweep.model.configs import AdapterSettings
 from genre_sweep.model.data import SplitArrays, TrainData, as_tensor
-from genre_sweep.model.device import autocast, resolve_device
+from genre_sweep.model.device import autocast, input_dtype, resolve_device
 from genre_sweep.model.dora_ast import GenreClassifier, build_model, sequence_length
 
 log = logging.getLogger(__name__)
@@ -50,23 +50,35 @@ class PrefixCache:
         return sum(a.nbytes for a in self.states.values())
 
 
-def prefix_weights_digest(model: GenreClassifier, start: int) -> str:
-    """blake2b of every tensor the prefix up to layer ``start``'s attention uses (embeddings, the layers below it,
-    and that layer's first LayerNorm and attention)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{type(model.backbone).__name__}:{start}:after-attention".encode())
+def _prefix_tensors(model: GenreClassifier, start: int) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor the prefix up to layer ``start``'s attention uses (embeddings, the layers below it, and that
+    layer's first LayerNorm and attention), by name."""
     layer = model.backbone.layers[start]
     parts = (
         [("embeddings", model.backbone.embeddings)]
         + [(f"layers.{i}", layer) for i, layer in enumerate(model.backbone.layers[:start])]
         + [(f"layers.{start}.layernorm_before", layer.layernorm_before), (f"layers.{start}.attention", layer.attention)]
     )
-    for prefix, module in parts:
-        for name, t in sorted(module.state_dict().items()):
+    return [(f"{prefix}.{name}", t) for prefix, module in parts for name, t in sorted(module.state_dict().items())]
+
+
+def prefix_weights_digest(model: GenreClassifier, start: int) -> str:
+    """blake2b of every tensor the prefix up to layer ``start``'s attention uses. Computed once per model and weights
+    however often it is asked for (a trial asks for its node store's folder, then ``train`` checks): the model keeps
+    it with each tensor's address and version, and torch bumps a tensor's ``_version`` at every in-place change, so
+    a weight changed since is hashed again (tests/model/test_prefix_cache.py changes some)."""
+    tensors = _prefix_tensors(model, start)
+    stamp = (start, tuple((t.data_ptr(), t._version) for _, t in tensors))
+    if stamp not in model.prefix_digests:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{type(model.backbone).__name__}:{start}:after-attention".encode())
+        for name, t in tensors:
             t = t.detach().to("cpu").contiguous()
-            h.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+        model.prefix_digests.clear()  # one set of weights at a time
+        model.prefix_digests[stamp] = h.hexdigest()
+    return model.prefix_digests[stamp]
 
 
 def cache_key(model: GenreClassifier, data: TrainData, start: int) -> str:
@@ -99,7 +111,7 @@ def compute_states(
     model.eval()
     feats = as_tensor(split.features)
     for i in range(0, len(split), batch_size):
-        x = feats[i : i + batch_size].to(device, non_blocking=True).float()
+        x = feats[i : i + batch_size].to(device, non_blocking=True).to(input_dtype(device, cached=False))
         with autocast(device):
             h = model.prefix(x, start)
         out[i : i + len(h)] = h.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)

@@ -9,6 +9,7 @@ per epoch; a checkpoint per epoch (the latest kept, with the best epoch's weight
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from genre_sweep.cli import job_main
 from genre_sweep.config import to_json
+from genre_sweep.errors import one_line
 from genre_sweep.model.checkpoint import (
     TRAINABLE,
     CheckpointError,
@@ -36,8 +38,17 @@ from genre_sweep.model.checkpoint import (
     save_checkpoint,
 )
 from genre_sweep.model.configs import TrainConfig
-from genre_sweep.model.data import Gather, SplitArrays, TrainData, as_tensor, check_dataset, load_data
-from genre_sweep.model.device import autocast, describe, resolve_device
+from genre_sweep.model.data import (
+    RESIDENT_SHARE,
+    Gather,
+    SplitArrays,
+    TrainData,
+    as_tensor,
+    check_dataset,
+    load_data,
+    resident_fits,
+)
+from genre_sweep.model.device import autocast, describe, input_dtype, resolve_device
 from genre_sweep.model.dora_ast import GenreClassifier, build_model
 from genre_sweep.model.export import export_model
 from genre_sweep.model.prefix_cache import check_cache
@@ -84,27 +95,81 @@ def example_weights(n: int, batch_size: int, accumulation: int) -> torch.Tensor:
 def accumulate(
     model: GenreClassifier,
     gather: Gather,
-    labels: torch.Tensor,
     index: torch.Tensor,
     weights: torch.Tensor,
     chunk: int,
     start: int | None,
     device: torch.device,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Forward and backward of one optimizer step's examples (``index``, with their ``weights``) in passes of
-    ``chunk``: the gradients of sum(weight x loss), the recipe's mean loss, whatever the chunking. Returns the
-    sum of the examples' losses (detached, on ``device``)."""
+    """Forward and backward of one optimizer step's examples (``index``, with their ``weights`` on ``device``) in
+    passes of ``chunk``: the gradients of sum(weight x loss), the recipe's mean loss, whatever the chunking. Returns
+    the sum of the examples' losses (detached, on ``device``). ``forward`` (default ``logits_from``) may be its
+    compiled twin."""
     total = torch.zeros((), device=device)
+    dtype = input_dtype(device, cached=start is not None)
+    forward = forward or functools.partial(logits_from, model, start=start)
     for first in range(0, len(index), chunk):
-        part = index[first : first + chunk]
-        x = gather(part).float()  # (B, frames, mel), or (B, tokens, hidden) cached
-        y = labels[part].to(device, non_blocking=True)
-        w = weights[first : first + chunk].to(device, non_blocking=True)
+        x, y = gather(index[first : first + chunk])  # (B, frames, mel), or (B, tokens, hidden) cached; (B,)
         with autocast(device):
-            losses = F.cross_entropy(logits_from(model, x, start).float(), y, reduction="none")
-        (losses * w).sum().backward()
+            losses = F.cross_entropy(forward(x.to(dtype)).float(), y, reduction="none")
+        (losses * weights[first : first + chunk]).sum().backward()
         total += losses.detach().sum()
     return total
+
+
+@dataclasses.dataclass
+class Stepper:
+    """One optimizer step over the given examples: forward and backward in passes of ``chunk`` windows (halved on
+    a CUDA out-of-memory error, and the step redone), clipping, AdamW, the schedule. Nothing in it waits for the
+    GPU: the loss comes back as a tensor on the device.
+
+    ``compile``: the trained part of the forward (from the cached states, or the whole forward from features) and
+    its backward run through ``torch.compile``, which compiles at the first step (and once more for the epoch's
+    shorter last step). If compiling fails, the step is redone eagerly, and stays eager, with one warning.
+    """
+
+    model: GenreClassifier
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch LR scheduler, or None
+    gather: Gather
+    start: int | None  # the layer cached states enter, None from features
+    device: torch.device
+    max_grad_norm: float
+    chunk: int
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.eager = functools.partial(logits_from, self.model, start=self.start)
+        self.forward = torch.compile(self.eager) if self.compile else self.eager
+
+    def __call__(self, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        while True:
+            try:
+                loss = accumulate(
+                    self.model, self.gather, index, weights, self.chunk, self.start, self.device, self.forward
+                )
+                break
+            except torch.OutOfMemoryError:
+                if self.device.type != "cuda" or self.chunk == 1:
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)  # redo this step's passes, smaller
+                torch.cuda.empty_cache()
+                self.chunk //= 2
+                log.warning("out of GPU memory: %d windows per forward/backward pass from now on", self.chunk)
+            except Exception as e:  # a failed compile; an eager failure is raised by the retry below
+                if self.forward is self.eager:
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)  # redo this step eagerly
+                self.forward = self.eager
+                log.warning("torch.compile failed, training eagerly from now on: %s", one_line(e))
+        torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
 
 
 def split_inputs(data: TrainData, name: str) -> tuple[torch.Tensor, int | None]:
@@ -129,9 +194,10 @@ def predict_logits(
     was_training = model.training
     model.eval()
     xs, start = inputs if inputs is not None else (as_tensor(split.features), None)
+    dtype = input_dtype(device, cached=start is not None)
     out = []
     for i in range(0, len(split), batch_size):
-        x = xs[i : i + batch_size].to(device, non_blocking=True).float()
+        x = xs[i : i + batch_size].to(device, non_blocking=True).to(dtype)
         with autocast(device):
             out.append(logits_from(model, x, start).float())
     model.train(was_training)
@@ -187,9 +253,10 @@ def train(
     device = resolve_device(config.device)
     train_split, val_split = data.split("train"), data.split("val")
 
-    model = (model if model is not None else model_for(config, data)).to(device)
+    model = model if model is not None else model_for(config, data)
     if data.prefix is not None:
-        check_cache(data.prefix, model, data)
+        check_cache(data.prefix, model, data)  # before the move: the key of these very tensors is known
+    model = model.to(device)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(
         param_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=fused
@@ -213,37 +280,42 @@ def train(
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
 
     (xs, start_layer), labels = split_inputs(data, "train"), torch.from_numpy(train_split.labels)
-    chunk = min(config.execution_batch_size or effective, effective)
-    gather = Gather(xs, chunk, device)
-    weights = example_weights(len(train_split), config.batch_size, config.gradient_accumulation_steps)
     val_inputs = split_inputs(data, "val")
+    resident = resident_fits(xs.nbytes + val_inputs[0].nbytes, device)
+    if resident:  # gathered on the GPU from here on: nothing crosses the bus per step
+        val_inputs = (val_inputs[0].to(device), val_inputs[1])
+    if device.type == "cuda":
+        log.info(
+            "%s: %.2f GB of training and validation %s %s",
+            device,
+            (xs.nbytes + val_inputs[0].nbytes) / 1e9,
+            "states" if start_layer is not None else "features",
+            "resident on the GPU" if resident else f"gathered on the host (over {RESIDENT_SHARE:.0%} of free memory)",
+        )
+    chunk = min(config.execution_batch_size or effective, effective)
+    step = Stepper(
+        model,
+        optimizer,
+        scheduler,
+        Gather((xs, labels), chunk, device, resident),
+        start_layer,
+        device,
+        config.max_grad_norm,
+        chunk,
+        config.compile,
+    )
+    weights = example_weights(len(train_split), config.batch_size, config.gradient_accumulation_steps).to(device)
     first_step_s: float | None = None
-    trainable = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(first_epoch, config.num_train_epochs + 1):
         start = time.perf_counter()
         torch.manual_seed(stable_seed(config.seed, "epoch", epoch))  # dropout: the same on resume
         order = torch.randperm(
             len(train_split), generator=torch.Generator().manual_seed(stable_seed(config.seed, "order", epoch))
-        )
+        ).to(step.gather.index_device)
         model.train()
         loss_sum = torch.zeros((), device=device)
         for first in range(0, len(order), effective):
-            index, w = order[first : first + effective], weights[first : first + effective]
-            while True:
-                try:
-                    loss_sum += accumulate(model, gather, labels, index, w, chunk, start_layer, device)
-                    break
-                except torch.OutOfMemoryError:
-                    if device.type != "cuda" or chunk == 1:
-                        raise
-                    optimizer.zero_grad(set_to_none=True)  # redo this step's passes, smaller
-                    torch.cuda.empty_cache()
-                    chunk //= 2
-                    log.warning("out of GPU memory: %d windows per forward/backward pass from now on", chunk)
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss_sum += step(order[first : first + effective], weights[first : first + effective])
             if first_step_s is None:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # once per run: the time of a finished step

@@ -121,6 +121,8 @@ def build_tuner(
             mode="max",
             num_samples=cfg.trials,
             max_concurrent_trials=at_once,
+            # a trial's actor runs the next trial: no new process, no imports, the checkpoint already in memory
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=cfg.name,

@@ -20,8 +20,9 @@ def run_trial(config: dict[str, Any], data: NodeData, base: dict[str, Any]) -> N
     """Tune's trainable: ``base`` settings plus the sampled ``config``, on ``data`` mapped from this node's
     store, with the frozen-prefix cache there when the sweep uses one (the node's first trial builds it).
 
-    A retried or resumed trial continues from its last checkpoint. Every report carries the node id, so
-    placement is visible in the results.
+    A retried or resumed trial continues from its last checkpoint. Every report carries the node id and process
+    id, so placement is visible in the results, and whether the backbone came from the memory of the process's
+    previous trial (Tune reuses a trial's actor for the next: ``reuse_actors``).
     """
     started = time.perf_counter()  # per-trial overhead: from here to the first optimizer step (first_step_s)
     worker_logging()  # each epoch's line goes to the trial's stderr, which Ray forwards to the driver
@@ -44,7 +45,8 @@ def run_trial(config: dict[str, Any], data: NodeData, base: dict[str, Any]) -> N
         checkpoint = tune.Checkpoint.from_directory(str(ckpt))
         # Tune uploads the checkpoint inside report() before it records the result, so a report that failed
         # recorded nothing and is safe to repeat (the failed upload's partial folder stays unreferenced).
-        with_retries(lambda: tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint), "report an epoch")
+        where = {"node_id": node_id, "pid": os.getpid(), "backbone_reused": model.backbone_reused}
+        with_retries(lambda: tune.report({**metrics, **where}, checkpoint=checkpoint), "report an epoch")
 
     cfg = resolve(TrainConfig, values)
     loaded = data.load(("train", "val"))

@@ -82,3 +82,23 @@ def test_a_hub_id_offline_fails_fast_naming_the_local_folder_alternative():
 def test_min_layer_beyond_the_model_is_refused():
     with pytest.raises(ModelError, match="must be in \\[0, 11\\]"):
         _tiny(min_layer=12)
+
+
+def test_a_process_loads_a_checkpoint_once_and_each_model_gets_its_own_copy(tmp_path):
+    folder = str(tmp_path / "ast")
+    saved = save_small_pretrained(tmp_path / "ast")
+    first = build_model(folder, 4, AdapterSettings(min_layer=1), frames=1024, mel_bins=128)
+    second = build_model(folder, 4, AdapterSettings(min_layer=1), frames=1024, mel_bins=128, seed=1)
+    assert (first.backbone_reused, second.backbone_reused) == (False, True)  # the second came from memory
+    with torch.no_grad():  # a model's weights are its own: changing one's frozen weights leaves the next alone
+        first.backbone.layers[0].mlp.fc1.weight.add_(1.0)
+    third = build_model(folder, 4, AdapterSettings(min_layer=1), frames=1024, mel_bins=128)
+    want = saved.audio_spectrogram_transformer.layers[0].mlp.fc1.weight
+    for model in (second, third):
+        torch.testing.assert_close(model.backbone.layers[0].mlp.fc1.weight, want, rtol=0, atol=0)
+    with torch.no_grad():  # a checkpoint rewritten in place is read again
+        want.mul_(2.0)
+    saved.save_pretrained(folder)
+    rewritten = build_model(folder, 4, AdapterSettings(min_layer=1), frames=1024, mel_bins=128)
+    assert not rewritten.backbone_reused
+    torch.testing.assert_close(rewritten.backbone.layers[0].mlp.fc1.weight, want, rtol=0, atol=0)  # doubled

@@ -1,5 +1,8 @@
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +14,16 @@ from genre_sweep.model.data import Gather
 from genre_sweep.model.dora_ast import build_model
 from genre_sweep.model.export import export_model, load_exported
 from genre_sweep.model.node_store import NodeData
-from genre_sweep.model.train import accumulate, example_weights, predict_logits, split_inputs, train
+from genre_sweep.model.prefix_cache import build_cache
+from genre_sweep.model.train import (
+    Stepper,
+    accumulate,
+    example_weights,
+    param_groups,
+    predict_logits,
+    split_inputs,
+    train,
+)
 from tests.model.conftest import quick_config
 
 CPU = torch.device("cpu")
@@ -57,7 +69,7 @@ def one_step(data, batch_size, accumulation, chunk):
     xs, labels = split_inputs(data, "train")[0], torch.from_numpy(data.split("train").labels)
     index = torch.arange(batch_size * accumulation)
     weights = example_weights(len(labels), batch_size, accumulation)[: len(index)]
-    accumulate(model, Gather(xs, chunk, CPU), labels, index, weights, chunk, None, CPU)
+    accumulate(model, Gather((xs, labels), chunk, CPU), index, weights, chunk, None, CPU)
     optimizer.step()
     return [p.detach().clone() for p in trainable]
 
@@ -162,3 +174,44 @@ def test_a_truncated_checkpoint_state_is_one_line_not_a_traceback(small_shards, 
     assert main(["train", *flags, "--num-train-epochs", "2", "--batch-size", "8"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "state.json is not valid JSON" in err and len(err.splitlines()) == 1
+
+
+def compiled_steps(data, compile: bool, steps: int = 2):
+    """The trainable parameters after ``steps`` optimizer steps of 16 from cached states, dropout off (compiled
+    dropout draws other random numbers), compiled or eager; and the Stepper."""
+    model = build_model("tiny", len(data.genres), AdapterSettings(min_layer=10), data.frames, data.mel_bins, seed=0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    cached = data.with_prefix(build_cache(model, data, 10, CPU))
+    xs, labels = cached.prefix.split("train"), torch.from_numpy(data.split("train").labels)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-2)
+    step = Stepper(model, optimizer, None, Gather((xs, labels), 16, CPU), 10, CPU, 1.0, 16, compile)
+    weights = example_weights(len(labels), 16, 1)
+    for first in range(0, 16 * steps, 16):
+        step(torch.arange(first, first + 16), weights[first : first + 16])
+    return [p.detach().clone() for p in model.parameters() if p.requires_grad], step
+
+
+def test_a_compiled_step_gives_the_eager_steps_parameters(small_data):
+    eager, _ = compiled_steps(small_data, compile=False)
+    compiled, step = compiled_steps(small_data, compile=True)
+    assert step.forward is not step.eager  # it stayed compiled
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_train_with_compile_goes_on_eagerly_when_compiling_fails(small_shards, tmp_path):
+    """The real fault, in a process of its own: no C++ compiler for inductor's CPU kernels, none cached."""
+    env = {**os.environ, "CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    args = ["--shards", str(small_shards), "--out", str(tmp_path / "run"), "--pretrained", "tiny", "--device", "cpu"]
+    done = subprocess.run(
+        [sys.executable, "-m", "genre_sweep.model.train", *args, "--num-train-epochs", "1", "--compile"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torch.compile failed, training eagerly from now on" in done.stderr
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1

@@ -88,10 +88,19 @@ def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(
     assert len((report / "trials.csv").read_text().splitlines()) == 7
     assert "test clip accuracy" in capsys.readouterr().out
     assert_dashboards_can_read(storage / "s1", study)
+    firsts = []
     for result in (storage / "s1").glob("run_trial_*/result.json"):  # trials started from the frozen-prefix cache
         first = json.loads(result.read_text().splitlines()[0])
         assert first["prefix_cache"] is True and first["first_step_s"] > 0
         assert first["device"] == "cpu"  # each trial's first report says where it ran
+        firsts.append(first)
+    # Tune ran later trials in earlier trials' processes (reuse_actors), which kept the backbone in memory
+    by_process: dict[int, list[dict]] = {}
+    for first in sorted(firsts, key=lambda f: f["first_step_at"]):
+        by_process.setdefault(first["pid"], []).append(first)
+    assert max(len(trials) for trials in by_process.values()) >= 2
+    for trials in by_process.values():
+        assert [t["backbone_reused"] for t in trials] == [False] + [True] * (len(trials) - 1)
     # Tune kept the winner's best epoch (checkpoints are kept by the metric, not newest-first)
     assert (Path(best["trial"]) / f"checkpoint_{best['epoch'] - 1:06d}").is_dir()
     # and Tune's own results name the same best trial as the report, with no metric or mode to pass
