@@ -147,14 +147,20 @@ class Gather:
         return on_device
 
 
-# the most of the free GPU memory a trial's resident data may take: the rest is for activations and other trials
+# The most of the free GPU memory a trial's resident data may take (the rest is for activations and other trials),
+# and at most this many bytes: each trial copies its data to the GPU at its start, at a few GB/s from the page cache,
+# and that copy counts in its start-up overhead (5 s at most is the target); bigger data is gathered on the host.
 RESIDENT_SHARE = 0.25
+RESIDENT_MAX_BYTES = 8e9
 
 
 def resident_fits(nbytes: int, device: torch.device) -> bool:
     """Whether ``nbytes`` of training data should live on ``device``: on CUDA, when it takes at most
-    ``RESIDENT_SHARE`` of the GPU's free memory; never on the CPU (there the data is already in memory)."""
-    return device.type == "cuda" and nbytes <= RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0]
+    ``RESIDENT_SHARE`` of the GPU's free memory and ``RESIDENT_MAX_BYTES``; never on the CPU (there the data is
+    already in memory)."""
+    if device.type != "cuda":
+        return False
+    return nbytes <= min(RESIDENT_MAX_BYTES, RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0])
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:

@@ -39,6 +39,7 @@ from genre_sweep.model.checkpoint import (
 )
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.data import (
+    RESIDENT_MAX_BYTES,
     RESIDENT_SHARE,
     Gather,
     SplitArrays,
@@ -285,12 +286,13 @@ def train(
     if resident:  # gathered on the GPU from here on: nothing crosses the bus per step
         val_inputs = (val_inputs[0].to(device), val_inputs[1])
     if device.type == "cuda":
+        limit = f"over {RESIDENT_SHARE:.0%} of free GPU memory or {RESIDENT_MAX_BYTES / 1e9:g} GB"
         log.info(
             "%s: %.2f GB of training and validation %s %s",
             device,
             (xs.nbytes + val_inputs[0].nbytes) / 1e9,
             "states" if start_layer is not None else "features",
-            "resident on the GPU" if resident else f"gathered on the host (over {RESIDENT_SHARE:.0%} of free memory)",
+            "resident on the GPU" if resident else f"gathered on the host ({limit})",
         )
     chunk = min(config.execution_batch_size or effective, effective)
     step = Stepper(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genre_sweep.model.configs import AdapterSettings
-from genre_sweep.model.data import Gather, SplitArrays, TrainData, as_tensor
+from genre_sweep.model.data import RESIDENT_MAX_BYTES, Gather, SplitArrays, TrainData, as_tensor, resident_fits
 from genre_sweep.model.device import autocast, input_dtype
 from genre_sweep.model.dora_ast import build_model
 from genre_sweep.model.prefix_cache import build_cache
@@ -55,6 +55,7 @@ def test_features_fed_in_bf16_give_exactly_the_logits_of_fp32_under_autocast():
 def test_batches_gathered_on_the_gpu_equal_those_gathered_on_the_host():
     data = random_data()
     xs, labels = as_tensor(data.split("train").features), torch.from_numpy(data.split("train").labels)
+    assert resident_fits(xs.nbytes, CUDA) and not resident_fits(int(RESIDENT_MAX_BYTES) + 1, CUDA)
     host, resident = Gather((xs, labels), 8, CUDA), Gather((xs, labels), 8, CUDA, resident=True)
     assert resident.sources[0].device.type == "cuda" and host.index_device.type == "cpu"
     for _ in range(3):  # more batches than the host's two pinned buffers
