@@ -8,8 +8,9 @@
     GPU when the data fits there; the last layer computed for the two pooled tokens only).
 (c) cached:   the same ``train()`` starting from the frozen-prefix cache (the cache's one-off build time
     is printed apart: a sweep pays it once for all its trials).
-(d) compiled: (c) with ``--compile`` (torch.compile of the trained part of the step); on a GPU unless
-    a sweep follows, or with ``--compile``.
+(d) compiled: (c) with ``--compile default`` and ``--compile reduce-overhead`` (torch.compile of the trained
+    part of the step; the second also replays it as a CUDA graph); on a GPU unless a sweep follows, or as
+    ``--compile`` names them.
 
 Every path trains the same model and configuration (the original's best by default: batch 2 x
 accumulation 8, DoRA rank 2 alpha 4.25 on layers 10-11, head 200) on the same random features, and
@@ -30,6 +31,7 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +47,7 @@ from genre_sweep.model.data import Gather, SplitArrays, TrainData, as_tensor
 from genre_sweep.model.device import autocast, resolve_device
 from genre_sweep.model.dora_ast import GenreClassifier, build_model
 from genre_sweep.model.prefix_cache import build_for
-from genre_sweep.model.train import accumulate, example_weights, param_groups, train
+from genre_sweep.model.train import Stepper, example_weights, param_groups, train
 
 
 def synthetic_data(n: int, frames: int, mel_bins: int, classes: int = 10) -> TrainData:
@@ -112,8 +114,9 @@ def original_recipe(model: GenreClassifier, data: TrainData, args: argparse.Name
     return seen / (time.perf_counter() - start)
 
 
-def ours(data: TrainData, args: argparse.Namespace, device: torch.device, compile: bool = False) -> tuple[float, float]:
-    """(b)/(c)/(d) the last epoch's examples/s of the real ``train()``, and its first_step_s."""
+def ours(data: TrainData, args: argparse.Namespace, device: torch.device, compile: str = "off") -> tuple[float, float]:
+    """(b)/(c)/(d) the last epoch's examples/s of the real ``train()`` (``compile``: its --compile), and its
+    first_step_s."""
     with tempfile.TemporaryDirectory() as out:
         cfg = resolve(
             TrainConfig,
@@ -180,38 +183,66 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def ops_per_step(
-    model: GenreClassifier, data: TrainData, args: argparse.Namespace, device: torch.device, start: int | None, chunk=0
-) -> int:
-    """Operators of one optimizer step of batch x accumulation windows run as passes of ``chunk`` (after a warm-up
-    step); ``start`` None: from features, else from the cached states; ``chunk`` 0: the original's full forward,
-    one pass per micro-batch."""
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+
+
+def kernel_launches(step: Callable[[], None]) -> int:
+    """CUDA kernel and graph launches of one ``step()``, as torch's profiler records the runtime's calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(e.count for e in prof.key_averages() if e.key in LAUNCHES)
+
+
+def per_step(
+    model: GenreClassifier,
+    data: TrainData,
+    args: argparse.Namespace,
+    device: torch.device,
+    start: int | None,
+    chunk: int = 0,
+    compile: str = "off",
+) -> tuple[int | None, int | None]:
+    """(operators dispatched, CUDA launches or None off a GPU) of one optimizer step of batch x accumulation windows
+    run as passes of ``chunk`` (after warm-up steps), by the real ``Stepper`` (``compile``: its mode; a compiled
+    step's own kernels dispatch no operators, so those are not counted); ``start`` None: from features, else from
+    the cached states; ``chunk`` 0: the original's full forward, one pass per micro-batch."""
     xs = as_tensor(data.split("train").features) if start is None else data.prefix.split("train")
     labels = torch.from_numpy(data.split("train").labels)
     effective = args.batch_size * args.accumulation
     index, weights = torch.arange(effective), example_weights(effective, args.batch_size, args.accumulation)
     optimizer = torch.optim.AdamW(param_groups(model, 0.0676), lr=1e-6, fused=device.type == "cuda")
     model.train()
+    if chunk:
+        gather = Gather((xs, labels), chunk, device)
+        stepper = Stepper(model, optimizer, None, gather, start, device, 1.0, chunk, compile)
+        weights = weights.to(device)
 
     def step() -> None:
         if chunk:
-            accumulate(model, Gather((xs, labels), chunk, device), index, weights.to(device), chunk, start, device)
-        else:
-            for first in range(0, effective, args.batch_size):
-                x = xs[first : first + args.batch_size].to(device).float()
-                y = labels[first : first + args.batch_size].to(device)
-                with autocast(device):
-                    loss = F.cross_entropy(model.full_forward(x).float(), y)
-                (loss / args.accumulation).backward()
-                loss.item()
+            stepper(index, weights)
+            return
+        for first in range(0, effective, args.batch_size):
+            x = xs[first : first + args.batch_size].to(device).float()
+            y = labels[first : first + args.batch_size].to(device)
+            with autocast(device):
+                loss = F.cross_entropy(model.full_forward(x).float(), y)
+            (loss / args.accumulation).backward()
+            loss.item()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()
-    with OpCounter() as counter:
+    for _ in range(3):  # warm-up (a compiled step compiles, and reduce-overhead records its graph, here)
         step()
-    return counter.ops
+    ops = None
+    if compile == "off":
+        with OpCounter() as counter:
+            step()
+        ops = counter.ops
+    return ops, kernel_launches(step) if device.type == "cuda" else None
 
 
 def bf16_peak_tflops(device: torch.device) -> float:
@@ -309,9 +340,9 @@ def main() -> None:
     p.add_argument("--work", default="bench-run/train", help="folder for the sweep's corpus, shards and trials")
     p.add_argument(
         "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also (d): (c) with --compile (default: on a GPU, unless a sweep follows)",
+        default="auto",
+        help="(d): (c) with each of these --compile modes, comma-separated (default, reduce-overhead) or none; auto: "
+        "both on a GPU unless a sweep follows, else none",
     )
     p.add_argument("--sweep-only", action="store_true", help="run only the sweep (--sweep-trials), not the step paths")
     args = p.parse_args()
@@ -342,7 +373,7 @@ def main() -> None:
         """One path's line, printed as soon as it is measured (a later path's time limit loses only that path)."""
         tflops = eps * flops / 1e12
         line = (
-            f"{label:<22} {eps:9.1f} examples/s   x{eps / original:6.2f} vs (a)   "
+            f"{label:<34} {eps:9.1f} examples/s   x{eps / original:6.2f} vs (a)   "
             f"{flops / 1e9:7.3f} GFLOP/example -> {tflops:8.3f} TFLOP/s"
         )
         if peak:
@@ -367,23 +398,33 @@ def main() -> None:
         f"({cache.nbytes / (len(data.split('train')) + len(data.split('val'))) / 1e6:.2f} MB per window)"
     )
     effective = args.batch_size * args.accumulation
-    ops = {
-        "(a)": ops_per_step(model, data, args, device, None, 0),
-        "(b)": ops_per_step(model, data, args, device, None, effective),
-        "(c)": ops_per_step(model, with_cache, args, device, args.min_layer, effective),
-        "(c) in micro-batches": ops_per_step(model, with_cache, args, device, args.min_layer, args.batch_size),
+    counts = {
+        "(a)": per_step(model, data, args, device, None),
+        "(b)": per_step(model, data, args, device, None, effective),
+        "(c)": per_step(model, with_cache, args, device, args.min_layer, effective),
+        f"(c) as {args.accumulation} micro-batches of {args.batch_size}": per_step(
+            model, with_cache, args, device, args.min_layer, args.batch_size
+        ),
     }
-    del model
     print(
-        f"operators per optimizer step (about one kernel launch each on a GPU): (a) {ops['(a)']}, (b) {ops['(b)']}, "
-        f"(c) {ops['(c)']}; (c) executed as {args.accumulation} micro-batches of {args.batch_size} instead of one pass "
-        f"of {effective}: {ops['(c) in micro-batches']}",
+        "operators per optimizer step (about one kernel launch each on a GPU): "
+        + ", ".join(f"{k} {ops}" for k, (ops, _) in counts.items()),
         flush=True,
     )
-    if args.compile or (args.compile is None and device.type == "cuda" and not args.sweep_trials):
-        compiled, compiled_first = ours(with_cache, args, device, compile=True)
-        row("(d) (c) + torch.compile", compiled, cached_flops, compiled_first)
-        print(f"compiled / cached: x{compiled / cached:.2f} (its first step includes the compile)")
+    if device.type == "cuda":
+        print("CUDA launches per optimizer step: " + ", ".join(f"{k} {n}" for k, (_, n) in counts.items()), flush=True)
+    modes = args.compile
+    if modes == "auto":
+        modes = "default,reduce-overhead" if device.type == "cuda" and not args.sweep_trials else "none"
+    for mode in [m for m in modes.split(",") if m != "none"]:
+        compiled, compiled_first = ours(with_cache, args, device, compile=mode)
+        row(f"(d) (c), compile {mode}", compiled, cached_flops, compiled_first)
+        launches = ""
+        if device.type == "cuda":
+            n = per_step(model, with_cache, args, device, args.min_layer, effective, mode)[1]
+            launches = f"; CUDA launches per optimizer step {n}"
+        print(f"compiled ({mode}) / cached: x{compiled / cached:.2f} (its first step includes the compile){launches}")
+    del model
     if args.sweep_trials:
         sweep_figures(args)
 

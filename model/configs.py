@@ -52,10 +52,12 @@ class TrainConfig(StoreFlags):
         "(halved on a CUDA out-of-memory error)",
     )
     max_grad_norm: float = field(1.0, "gradient clipping norm")
-    compile: bool = field(
-        False,
-        "torch.compile the trained part of each step (fewer, fused kernels) after a one-off compile of tens of "
-        "seconds per process; if compiling fails, training goes on eagerly with one warning",
+    compile: str = field(
+        "off",
+        "torch.compile the trained part of each step: default (fused kernels) or reduce-overhead (also CUDA graphs: "
+        "the step replayed with one launch on a GPU), after a one-off compile of tens of seconds per process; if "
+        "compiling fails, training goes on eagerly with one warning",
+        choices=["off", "default", "reduce-overhead"],
     )
     seed: int = field(0, "seed of the head's init, data order and dropout")
     device: str = field("auto", DEVICE_HELP)

@@ -118,10 +118,10 @@ class Gather:
     def __init__(self, sources: tuple[torch.Tensor, ...], rows: int, device: torch.device, resident: bool = False):
         self.device, self.resident = device, resident
         self.sources = tuple(s.to(device) for s in sources) if resident else sources
-        cuda = device.type == "cuda" and not resident
-        self.buffers = [
+        cuda = device.type == "cuda"
+        self.buffers = [  # none for resident sources
             tuple(torch.empty((rows, *s.shape[1:]), dtype=s.dtype, pin_memory=cuda) for s in sources)
-            for _ in range(2 if cuda else 1)
+            for _ in range(0 if resident else 2 if cuda else 1)
         ]
         self.copied: list[Any] = [None] * len(self.buffers)
         self.turn = 0

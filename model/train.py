@@ -125,9 +125,10 @@ class Stepper:
     a CUDA out-of-memory error, and the step redone), clipping, AdamW, the schedule. Nothing in it waits for the
     GPU: the loss comes back as a tensor on the device.
 
-    ``compile``: the trained part of the forward (from the cached states, or the whole forward from features) and
-    its backward run through ``torch.compile``, which compiles at the first step (and once more for the epoch's
-    shorter last step). If compiling fails, the step is redone eagerly, and stays eager, with one warning.
+    ``compile`` (a ``torch.compile`` mode, or "off"): the trained part of the forward (from the cached states, or
+    the whole forward from features) and its backward run compiled; it compiles at the first step (and once more
+    for the epoch's shorter last step). If compiling fails, the step is redone eagerly, and stays eager, with one
+    warning.
     """
 
     model: GenreClassifier
@@ -138,12 +139,12 @@ class Stepper:
     device: torch.device
     max_grad_norm: float
     chunk: int
-    compile: bool = False
+    compile: str = "off"
 
     def __post_init__(self) -> None:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.eager = functools.partial(logits_from, self.model, start=self.start)
-        self.forward = torch.compile(self.eager) if self.compile else self.eager
+        self.forward = self.eager if self.compile == "off" else torch.compile(self.eager, mode=self.compile)
 
     def __call__(self, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         while True:

@@ -176,7 +176,7 @@ def test_a_truncated_checkpoint_state_is_one_line_not_a_traceback(small_shards, 
     assert err.startswith("error: ") and "state.json is not valid JSON" in err and len(err.splitlines()) == 1
 
 
-def compiled_steps(data, compile: bool, steps: int = 2):
+def compiled_steps(data, compile: str, steps: int = 2):
     """The trainable parameters after ``steps`` optimizer steps of 16 from cached states, dropout off (compiled
     dropout draws other random numbers), compiled or eager; and the Stepper."""
     model = build_model("tiny", len(data.genres), AdapterSettings(min_layer=10), data.frames, data.mel_bins, seed=0)
@@ -194,8 +194,8 @@ def compiled_steps(data, compile: bool, steps: int = 2):
 
 
 def test_a_compiled_step_gives_the_eager_steps_parameters(small_data):
-    eager, _ = compiled_steps(small_data, compile=False)
-    compiled, step = compiled_steps(small_data, compile=True)
+    eager, _ = compiled_steps(small_data, compile="off")
+    compiled, step = compiled_steps(small_data, compile="default")
     assert step.forward is not step.eager  # it stayed compiled
     for got, want in zip(compiled, eager, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -206,7 +206,7 @@ def test_train_with_compile_goes_on_eagerly_when_compiling_fails(small_shards, t
     env = {**os.environ, "CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     args = ["--shards", str(small_shards), "--out", str(tmp_path / "run"), "--pretrained", "tiny", "--device", "cpu"]
     done = subprocess.run(
-        [sys.executable, "-m", "genre_sweep.model.train", *args, "--num-train-epochs", "1", "--compile"],
+        [sys.executable, "-m", "genre_sweep.model.train", *args, "--num-train-epochs", "1", "--compile", "default"],
         env=env,
         capture_output=True,
         text=True,
