@@ -16,6 +16,7 @@ PRETRAINED_HELP = (
     "tiny or base-random (random weights, for tests and benchmarks)"
 )
 DEVICE_HELP = "auto, cpu or cuda[:N]"
+COMPILE_MODES = ("off", "default", "reduce-overhead")  # TrainConfig.compile: off, or a torch.compile mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ class TrainConfig(StoreFlags):
         "torch.compile the trained part of each step: default (fused kernels) or reduce-overhead (also CUDA graphs: "
         "the step replayed with one launch on a GPU), after a one-off compile of tens of seconds per process; if "
         "compiling fails, training goes on eagerly with one warning",
-        choices=["off", "default", "reduce-overhead"],
+        choices=list(COMPILE_MODES),
     )
     seed: int = field(0, "seed of the head's init, data order and dropout")
     device: str = field("auto", DEVICE_HELP)
@@ -77,6 +78,7 @@ class TrainConfig(StoreFlags):
         check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
         check(self.execution_batch_size is None or self.execution_batch_size >= 1, "execution_batch_size must be >= 1")
         check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        check(self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
 
     @property
     def adapters(self) -> AdapterSettings:

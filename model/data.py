@@ -160,7 +160,9 @@ def resident_fits(nbytes: int, device: torch.device) -> bool:
     already in memory)."""
     if device.type != "cuda":
         return False
-    return nbytes <= min(RESIDENT_MAX_BYTES, RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0])
+    # memory this process's allocator holds but no tensor uses (an earlier trial's, in a reused process) is free too
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return nbytes <= min(RESIDENT_MAX_BYTES, RESIDENT_SHARE * free)
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:

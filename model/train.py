@@ -144,10 +144,22 @@ class Stepper:
     def __post_init__(self) -> None:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.eager = functools.partial(logits_from, self.model, start=self.start)
-        self.forward = self.eager if self.compile == "off" else torch.compile(self.eager, mode=self.compile)
+        self.forward = self.eager
+        # gradients accumulate into buffers of their own under CUDA graphs: a replayed graph rewrites its outputs, so
+        # a gradient adopted from one (as autograd adopts a first gradient) would be overwritten by the next pass
+        self.keep_grads = self.compile == "reduce-overhead"
+        if self.compile != "off":
+            # from a clean slate: earlier models' compiled versions (a reused trial process) never pile up to dynamo's
+            # recompile limit, past which it would run eagerly without a word; this one compiles from inductor's caches
+            torch._dynamo.reset()
+            self.forward = torch.compile(self.eager, mode=self.compile)
+        if self.keep_grads:
+            for p in self.trainable:
+                p.grad = torch.zeros_like(p)
 
     def __call__(self, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         while True:
+            out_of_memory = False
             try:
                 loss = accumulate(
                     self.model, self.gather, index, weights, self.chunk, self.start, self.device, self.forward
@@ -156,21 +168,22 @@ class Stepper:
             except torch.OutOfMemoryError:
                 if self.device.type != "cuda" or self.chunk == 1:
                     raise
-                self.optimizer.zero_grad(set_to_none=True)  # redo this step's passes, smaller
-                torch.cuda.empty_cache()
-                self.chunk //= 2
-                log.warning("out of GPU memory: %d windows per forward/backward pass from now on", self.chunk)
+                out_of_memory = True  # handled below, once the failed pass's tensors are released with the exception
             except Exception as e:  # a failed compile; an eager failure is raised by the retry below
                 if self.forward is self.eager:
                     raise
-                self.optimizer.zero_grad(set_to_none=True)  # redo this step eagerly
                 self.forward = self.eager
                 log.warning("torch.compile failed, training eagerly from now on: %s", one_line(e))
+            self.optimizer.zero_grad(set_to_none=not self.keep_grads)  # redo this step's passes
+            if out_of_memory:
+                torch.cuda.empty_cache()
+                self.chunk //= 2
+                log.warning("out of GPU memory: %d windows per forward/backward pass from now on", self.chunk)
         torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self.keep_grads)
         return loss
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna.distributions as od
 
-from genre_sweep.config import ConfigError, load_yaml
+from genre_sweep.config import ConfigError, load_yaml, resolve
 from genre_sweep.model.configs import TrainConfig
 
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
@@ -96,6 +96,18 @@ def load_space(path: str | None) -> SearchSpace:
     both = set(params) & set(fixed)
     if both:
         raise ConfigError(f"search space: {sorted(both)} are both searched and fixed")
+    if fixed.get("compile") is False:  # YAML reads a bare `off` as false
+        fixed["compile"] = "off"
+    try:  # the fixed values, checked now rather than by every trial
+        resolve(TrainConfig, {"shards": "-", "out": "-", **fixed})
+    except ConfigError as e:
+        raise ConfigError(f"search space, fixed: {e}") from e
+    if "compile" in params or fixed.get("compile") == "reduce-overhead":
+        raise ConfigError(
+            "search space: compile: reduce-overhead cannot run in a sweep's trials (torch 2.11's CUDA graphs belong to "
+            "the thread that first used them, and Tune runs each trial in a thread of its own), and compile is not "
+            "searched; fix compile: default (or off) instead"
+        )
     space = SearchSpace(params, fixed)
     space.distributions()  # validates every range
     return space

@@ -31,6 +31,8 @@ def run_trial(config: dict[str, Any], data: NodeData, base: dict[str, Any]) -> N
 
     from genre_sweep.model.train import model_for, train  # torch and transformers load in the trial's process
 
+    release_previous_trial()
+
     out = Path(tempfile.mkdtemp(prefix="trial-", dir=os.getcwd()))
     values = {**base, **config, "out": str(out)}
     checkpoint = tune.get_checkpoint()
@@ -52,3 +54,16 @@ def run_trial(config: dict[str, Any], data: NodeData, base: dict[str, Any]) -> N
     loaded = data.load(("train", "val"))
     model = model_for(cfg, loaded)  # built once: for the prefix cache's key (and its build), then trained
     train(cfg, data.cached(loaded, model, cfg.device), report=report, started=started, model=model)
+
+
+def release_previous_trial() -> None:
+    """In a process that ran a trial before (Tune reuses a trial's actor for the next), free what that trial left:
+    its model, optimizer and GPU-resident data, and on a GPU the allocator's cached blocks, for the other trials
+    sharing the GPU."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

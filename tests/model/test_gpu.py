@@ -44,9 +44,12 @@ def test_features_fed_in_bf16_give_exactly_the_logits_of_fp32_under_autocast():
     model = tiny(data).eval()
     x = as_tensor(data.split("val").features).to(CUDA)
     torch.backends.cudnn.deterministic = True
-    with torch.no_grad(), autocast(CUDA):
-        upcast = model(x.float())
-        direct = model(x.to(input_dtype(CUDA, cached=False)))
+    try:
+        with torch.no_grad(), autocast(CUDA):
+            upcast = model(x.float())
+            direct = model(x.to(input_dtype(CUDA, cached=False)))
+    finally:
+        torch.backends.cudnn.deterministic = False
     assert input_dtype(CUDA, cached=False) == torch.bfloat16
     assert input_dtype(CUDA, cached=True) == torch.float32  # cached states enter the fp32 residual stream
     assert torch.equal(direct, upcast)
@@ -87,3 +90,16 @@ def test_a_steady_state_step_never_waits_for_the_gpu(cached):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss).item()
+
+
+def test_a_step_replayed_as_cuda_graphs_gives_the_eager_steps_parameters():
+    """Two passes per step under CUDA graphs: the second must not overwrite the first's gradients (it would if a
+    replayed graph's output became a parameter's gradient). Last in this file: it compiles (tens of seconds)."""
+    from tests.model.test_train import compiled_steps
+
+    data = random_data()
+    eager, _ = compiled_steps(data, "off", device=CUDA)
+    graphed, step = compiled_steps(data, "reduce-overhead", device=CUDA)
+    assert step.forward is not step.eager  # it stayed compiled
+    for got, want in zip(graphed, eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-3)  # bf16 autocast: the same up to rounding

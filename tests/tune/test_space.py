@@ -19,12 +19,13 @@ def test_a_yaml_file_changes_removes_adds_and_fixes(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(
         "space:\n  encoder_min_layer_to_update: {type: int, low: 0, high: 11}\n  warmup_ratio: null\n"
-        "  max_grad_norm: {type: float, low: 0.5, high: 2.0}\nfixed:\n  gradient_accumulation_steps: 1\n"
+        "  max_grad_norm: {type: float, low: 0.5, high: 2.0}\n"
+        "fixed:\n  gradient_accumulation_steps: 1\n  compile: off\n"
     )
     space = load_space(str(path))
     assert space.distributions()["encoder_min_layer_to_update"] == od.IntDistribution(0, 11)
     assert "warmup_ratio" not in space.params and "max_grad_norm" in space.params
-    assert space.fixed == {"gradient_accumulation_steps": 1}
+    assert space.fixed == {"gradient_accumulation_steps": 1, "compile": "off"}  # YAML's bare off, as meant
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,10 @@ def test_a_yaml_file_changes_removes_adds_and_fixes(tmp_path):
         ("space:\n  batch_size: {type: list}\n", "type must be float, int or categorical"),
         ("fixed:\n  batch_size: 4\n", "both searched and fixed"),
         ("spaces: {}\n", "unknown section"),
+        ("fixed:\n  compile: fast\n", "fixed: compile must be one of off, default, reduce-overhead, got 'fast'"),
+        ("fixed:\n  gradient_accumulation_steps: 0\n", "fixed: gradient_accumulation_steps must be >= 1"),
+        ("fixed:\n  compile: reduce-overhead\n", "CUDA graphs belong to the thread"),
+        ("space:\n  compile: {type: categorical, choices: [off, default]}\n", "compile is not searched"),
     ],
 )
 def test_bad_space_files_are_named_with_the_problem(tmp_path, text, message):
