@@ -110,9 +110,10 @@ class Gather:
 
     ``resident``: the sources were copied to the device once (``resident_fits`` says whether they fit), and each
     batch is gathered there with an index already on the device; nothing crosses the bus per step. Otherwise the
-    rows are gathered on the host into reusable buffers; on CUDA these are pinned and copied without blocking,
-    two sets taken in turn, and a set is refilled only once its previous copy has finished (an event), so filling
-    one never races the other's copy.
+    rows are gathered on the host into reusable buffers; on CUDA these are pinned and copied without blocking on a
+    side stream, so a batch's copy overlaps the previous step's computation (the step's stream waits for the copy,
+    not the host); two sets are taken in turn, and a set is refilled only once its previous copy has finished (an
+    event), so filling one never races the other's copy.
     """
 
     def __init__(self, sources: tuple[torch.Tensor, ...], rows: int, device: torch.device, resident: bool = False):
@@ -125,6 +126,7 @@ class Gather:
         ]
         self.copied: list[Any] = [None] * len(self.buffers)
         self.turn = 0
+        self.copy_stream = torch.cuda.Stream(device) if cuda and not resident else None
 
     @property
     def index_device(self) -> torch.device:
@@ -139,11 +141,16 @@ class Gather:
             self.copied[i].synchronize()
         pairs = zip(self.sources, self.buffers[i], strict=True)
         batch = tuple(torch.index_select(s, 0, index, out=b[: len(index)]) for s, b in pairs)
-        if self.device.type != "cuda":
-            return batch  # valid until the next call
-        on_device = tuple(b.to(self.device, non_blocking=True) for b in batch)
-        self.copied[i] = torch.cuda.Event()
-        self.copied[i].record()
+        if self.copy_stream is None:
+            return batch  # on the CPU: valid until the next call
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.copy_stream):
+            on_device = tuple(b.to(self.device, non_blocking=True) for b in batch)
+            self.copied[i] = torch.cuda.Event()
+            self.copied[i].record(self.copy_stream)
+        compute.wait_event(self.copied[i])  # the step's kernels start once the batch is there
+        for t in on_device:
+            t.record_stream(compute)  # allocated on the copy stream, used (and freed) on the step's
         return on_device
 
 
