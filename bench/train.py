@@ -186,14 +186,19 @@ class OpCounter(TorchDispatchMode):
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
 
 
-def kernel_launches(step: Callable[[], None]) -> int:
-    """CUDA kernel and graph launches of one ``step()``, as torch's profiler records the runtime's calls."""
+def kernel_launches(step: Callable[[], None]) -> int | None:
+    """CUDA kernel and graph launches of one ``step()``, as torch's profiler records the runtime's calls; None (with
+    a line saying why) where the profiler fails, so that the bench's other figures still come."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    return sum(e.count for e in prof.key_averages() if e.key in LAUNCHES)
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        return sum(e.count for e in prof.key_averages() if e.key in LAUNCHES)
+    except Exception as e:  # a bench figure, not a result: say so and go on
+        print(f"CUDA launches not counted: torch's profiler failed ({type(e).__name__}: {e})", flush=True)
+        return None
 
 
 def per_step(
