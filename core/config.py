@@ -185,7 +185,9 @@ def resolve(cls: type[C], overrides: dict[str, Any], config_file: str | None = N
         if name not in fields:
             raise ConfigError(f"unknown config field {name!r}; known: {sorted(fields)}")
         sourced[name] = (value, flag(name))
-    typed = {name: _convert(hints[name], value, where) for name, (value, where) in sourced.items()}
+    typed = {
+        name: _convert(hints[name], _yaml_word(fields[name], value), where) for name, (value, where) in sourced.items()
+    }
     missing = [flag(n) for n, f in fields.items() if n not in typed and _required(f)]
     if missing:
         raise ConfigError("missing required " + ", ".join(missing))
@@ -195,6 +197,13 @@ def resolve(cls: type[C], overrides: dict[str, Any], config_file: str | None = N
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from e
+
+
+def _yaml_word(f: dataclasses.Field, value: Any) -> Any:
+    """YAML 1.1 reads a bare ``off`` or ``on`` as a boolean: a field whose choices offer the word gets it back."""
+    if isinstance(value, bool) and ("on" if value else "off") in (f.metadata.get("choices") or ()):
+        return "on" if value else "off"
+    return value
 
 
 def parse_args(cls: type[C], argv: list[str] | None, prog: str, description: str) -> tuple[C, bool]:

@@ -96,12 +96,11 @@ def load_space(path: str | None) -> SearchSpace:
     both = set(params) & set(fixed)
     if both:
         raise ConfigError(f"search space: {sorted(both)} are both searched and fixed")
-    if fixed.get("compile") is False:  # YAML reads a bare `off` as false
-        fixed["compile"] = "off"
-    try:  # the fixed values, checked now rather than by every trial
-        resolve(TrainConfig, {"shards": "-", "out": "-", **fixed})
+    try:  # the fixed values, checked now rather than by every trial, and kept as the config reads them
+        typed = resolve(TrainConfig, {"shards": "-", "out": "-", **fixed})
     except ConfigError as e:
         raise ConfigError(f"search space, fixed: {e}") from e
+    fixed = {name: getattr(typed, name) for name in fixed}
     if "compile" in params or fixed.get("compile") == "reduce-overhead":
         raise ConfigError(
             "search space: compile: reduce-overhead cannot run in a sweep's trials (torch 2.11's CUDA graphs belong to "

@@ -12,6 +12,16 @@ def test_flags_override_the_yaml_file_which_overrides_defaults(tmp_path):
     assert cfg.mel_bins == 128
 
 
+def test_a_bare_yaml_off_is_the_word_where_a_field_offers_it(tmp_path):
+    from genre_sweep.model.configs import TrainConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("shards: /a\nout: /b\ncompile: off\n")  # YAML 1.1 reads it as false
+    assert resolve(TrainConfig, {}, str(path)).compile == "off"
+    path.write_text("source: /a\nout: /b\noverwrite: off\n")  # a bool field keeps the boolean
+    assert resolve(PrepareConfig, {}, str(path)).overwrite is False
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
