@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The embedded default: a generated corpus -> Ray Data prepare on local Ray -> a sweep fine-tuning the shipped
-# small pretrained AST (Optuna TPE + ASHA on Ray Tune) -> retrain of the best configuration with 2 seeds, tested
-# -> report -> predictions for songs no trial saw (a second corpus, another seed).
+# small pretrained AST (Optuna TPE + ASHA on Ray Tune) -> the top 3 configurations retrained with 2 seeds each,
+# the best mean on validation chosen and tested -> report -> predictions for songs no trial saw (another seed).
 demo: $(STAMP)
 	$(BIN)/genre-sweep synth --out $(DEMO_DIR)/corpus --genres $(DEMO_GENRES) --per-genre $(DEMO_PER_GENRE) \
 		--seconds $(DEMO_SECONDS) --overwrite

@@ -27,9 +27,34 @@ class ConfigError(GenreSweepError, ValueError):
     """A config value, file or flag is wrong; the message names it and the rule."""
 
 
-def field(default: Any = dataclasses.MISSING, help: str = "", **extra: Any) -> Any:  # noqa: A002
-    """A config field with its help text (``--help`` shows it); ``choices=[...]`` limits the values."""
+RECORDED_NOTE = "a resumed sweep and retrain take the sweep record's"
+
+
+def field(default: Any = dataclasses.MISSING, help: str = "", *, recorded: bool = False, **extra: Any) -> Any:  # noqa: A002
+    """A config field with its help text (``--help`` shows it); ``choices=[...]`` limits the values.
+
+    ``recorded``: a setting a sweep records and ``--resume``/``retrain`` take from its record. Its value is None
+    until given, so a value that was not given can be told from one that was; ``default`` is what a new sweep
+    takes (``new_defaults``), shown in ``--help``.
+    """
+    if recorded:
+        return dataclasses.field(default=None, metadata={"help": help, "recorded": True, "new": default, **extra})
     return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+def recorded_fields(cls: type) -> list[str]:
+    """The names of ``cls``'s recorded fields (``field(recorded=True)``)."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("recorded")]
+
+
+def new_defaults(config: C) -> C:
+    """``config`` with every recorded field that was not given set to its default (a new sweep's values)."""
+    unset = {
+        f.name: f.metadata["new"]
+        for f in dataclasses.fields(config)
+        if f.metadata.get("recorded") and getattr(config, f.name) is None
+    }
+    return dataclasses.replace(config, **unset)
 
 
 def check(condition: bool, message: str) -> None:
@@ -120,7 +145,10 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         dashed, underscored = flag(f.name), "--" + f.name
         tp, _ = _unwrap_optional(hints[f.name])
         text = f.metadata.get("help", "")
-        if _required(f):
+        if f.metadata.get("recorded"):
+            new = f.metadata["new"]
+            text += f" (default: {new}; {RECORDED_NOTE})" if new is not None else f" ({RECORDED_NOTE})"
+        elif _required(f):
             text += " (required)"
         elif f.default is not None:
             shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
@@ -197,6 +225,24 @@ def resolve(cls: type[C], overrides: dict[str, Any], config_file: str | None = N
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from e
+
+
+def replace_typed(config: C, values: dict[str, Any], where: str = "") -> C:
+    """``dataclasses.replace(config, **values)`` with each value typed as ``resolve`` types a flag (a trial's searched
+    values, a record's), and validated again; a bad one is a ConfigError naming it (``where`` says whence)."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(type(config))
+    typed = {}
+    for name, value in values.items():
+        if name not in fields:
+            raise ConfigError(f"{where}unknown config field {name!r}; known: {sorted(fields)}")
+        typed[name] = _convert(hints[name], _yaml_word(fields[name], value), f"{where}{name}")
+    try:
+        return dataclasses.replace(config, **typed)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from e
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}{e}") from e
 
 
 def _yaml_word(f: dataclasses.Field, value: Any) -> Any:

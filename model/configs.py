@@ -17,6 +17,19 @@ PRETRAINED_HELP = (
 )
 DEVICE_HELP = "auto, cpu or cuda[:N]"
 COMPILE_MODES = ("off", "default", "reduce-overhead")  # TrainConfig.compile: off, or a torch.compile mode
+# The validation metrics every epoch reports, each with the direction that is better: the objectives a run's best
+# epoch, a sweep's search and its winner can be chosen by.
+METRICS = {"val_clip_acc": "max", "val_window_acc": "max", "val_loss": "min"}
+METRIC_HELP = (
+    "validation metric that picks the best epoch: val_clip_acc (accuracy of the clips' mean window logits), "
+    "val_window_acc or val_loss"
+)
+MODE_HELP = "max or min: whether a higher --metric is better; unset: the metric's own (val_loss: min, else max)"
+
+
+def metric_mode(metric: str, mode: str | None) -> str:
+    """The mode of ``metric``: ``mode`` when given, else the metric's own direction."""
+    return mode or METRICS[metric]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +76,8 @@ class TrainConfig(StoreFlags):
     seed: int = field(0, "seed of the head's init, data order and dropout")
     device: str = field("auto", DEVICE_HELP)
     eval_batch_size: int = field(64, "windows per validation batch")
+    metric: str = field("val_clip_acc", METRIC_HELP, choices=list(METRICS))
+    mode: str | None = field(None, MODE_HELP, choices=["max", "min"])
     resume: str | None = field(None, "checkpoint folder to resume from, or 'auto' for the run's latest (if any)")
 
     def __post_init__(self) -> None:
@@ -79,6 +94,13 @@ class TrainConfig(StoreFlags):
         check(self.execution_batch_size is None or self.execution_batch_size >= 1, "execution_batch_size must be >= 1")
         check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         check(self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        check(self.metric in METRICS, f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        check(self.mode in (None, "max", "min"), f"mode must be max or min, got {self.mode!r}")
+
+    @property
+    def direction(self) -> str:
+        """max or min: the mode ``metric`` is judged by (``mode``, or the metric's own)."""
+        return metric_mode(self.metric, self.mode)
 
     @property
     def adapters(self) -> AdapterSettings:

@@ -239,10 +239,15 @@ def validation_metrics(logits: torch.Tensor, split: SplitArrays, prefix: str = "
     }
 
 
-def _better(new: dict[str, float], old: dict[str, float] | None) -> bool:
+def better(new: dict[str, float], old: dict[str, float] | None, metric: str, mode: str) -> bool:
+    """Whether epoch metrics ``new`` beat ``old`` by ``metric`` (``mode`` max or min); a tie goes to the lower
+    validation loss (to the higher clip accuracy when the loss is the metric), then to the earlier epoch."""
     if old is None:
         return True
-    return (new["val_clip_acc"], -new["val_loss"]) > (old["val_clip_acc"], -old["val_loss"])
+    sign = 1.0 if mode == "max" else -1.0
+    tie = ("val_clip_acc", 1.0) if metric == "val_loss" else ("val_loss", -1.0)
+    key = lambda m: (sign * m[metric], tie[1] * m[tie[0]])  # noqa: E731
+    return key(new) > key(old)
 
 
 def train(
@@ -356,7 +361,7 @@ def train(
             if first_step_s is not None:  # and its wall-clock time, which Tune's trial start is compared with
                 metrics |= {"first_step_s": first_step_s, "first_step_at": first_step_at}
         history.append(metrics)
-        if _better(metrics, best):
+        if better(metrics, best, config.metric, config.direction):
             best = metrics
         ckpt = save_checkpoint(
             run_dir / "checkpoints" / f"epoch-{epoch:03d}",
@@ -412,10 +417,13 @@ def run(cfg: TrainConfig) -> None:
         result.model, Path(cfg.out) / "model", data.genres, data.frames, data.mel_bins, base=cfg.pretrained
     )
     log.info(
-        "best epoch %d: val_clip_acc %.3f val_window_acc %.3f; exported model: %s",
+        "best epoch %d (by %s, %s): val_clip_acc %.3f val_window_acc %.3f val_loss %.4f; exported model: %s",
         result.best_epoch,
+        cfg.metric,
+        cfg.direction,
         result.best_metrics["val_clip_acc"],
         result.best_metrics["val_window_acc"],
+        result.best_metrics["val_loss"],
         path,
     )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from genre_sweep.config import check, field
 from genre_sweep.errors import GenreSweepError
-from genre_sweep.model.configs import HUB_DEFAULT, PRETRAINED_HELP
+from genre_sweep.model.configs import HUB_DEFAULT, METRICS, PRETRAINED_HELP
 from genre_sweep.store import StoreFlags, absolute, is_s3
 
 
@@ -21,27 +21,56 @@ class SweepError(GenreSweepError, RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class RetrainConfig(StoreFlags):
-    """Retrain a finished sweep's best configuration with several seeds (best epoch on validation), test each
-    once, export the best seed's model and write the report into <storage>/<name>/report."""
+    """Confirm a finished sweep's winner: its top configurations (--confirm-top) are retrained with several seeds
+    each (best epoch on validation), the one with the best mean validation metric is chosen and tested once, its
+    best seed exported, and the report written into <storage>/<name>/report. Everything a trial computes (the
+    dataset, the trial template, the space, the objective) comes from the sweep record; flags marked "the sweep
+    record's" may be left out, and one that contradicts the record is refused."""
 
-    shards: str = field(help="prepared dataset (folder or s3://)")
     storage: str = field(help="folder or s3://bucket/prefix for trials, study and report")
     name: str = field("sweep", "experiment name: results go to <storage>/<name>")
-    pretrained: str = field("small", PRETRAINED_HELP)
-    space: str | None = field(None, "YAML file changing the search space (sections space: and fixed:)")
-    metric: str = field("val_clip_acc", "validation metric to maximise")
-    seed: int = field(0, "seed of TPE, of the trials and of the first retrain")
+    shards: str | None = field(
+        None,
+        "prepared dataset (folder or s3://); required by a new sweep; a resumed sweep and retrain take the record's "
+        "(another location of the same data, by fingerprint, is accepted)",
+    )
+    pretrained: str | None = field("small", PRETRAINED_HELP, recorded=True)
+    space: str | None = field(
+        None,
+        "YAML file changing the search space (sections space: and fixed:); unset: the default space; a resumed sweep "
+        "and retrain take the record's (a file given must hold the same space)",
+    )
+    metric: str | None = field(
+        "val_clip_acc",
+        "the objective: the validation metric that picks each trial's best epoch, ASHA's stops, the search's "
+        f"direction, the winner and the export; one of {', '.join(METRICS)}",
+        recorded=True,
+        choices=list(METRICS),
+    )
+    mode: str | None = field(
+        None,
+        "max or min: whether a higher --metric is better; unset: the metric's own (val_loss: min, else max)",
+        recorded=True,
+        choices=["max", "min"],
+    )
+    seed: int | None = field(0, "seed of the sampler, of the trials and of the first retrain", recorded=True)
     study_storage: str | None = field(None, "SQLAlchemy URL of the Optuna study; unset: SQLite beside the results")
-    cpus_per_trial: float = field(1.0, "CPUs reserved per trial (and by the retrain)")
-    gpus_per_trial: float = field(0.0, "GPUs per trial; fractions pack several trials on one GPU")
+    cpus_per_trial: float = field(1.0, "CPUs reserved per trial (and by each retrain)")
+    gpus_per_trial: float = field(0.0, "GPUs per trial (and per retrain); fractions pack several on one GPU")
     prefix_cache: bool = field(
         True, "compute the frozen layers' output once (below the space's lowest adapter) and start every trial there"
     )
-    retrain_seeds: int = field(3, "seeds of the best-config retrain")
-    device: str = field(
+    retrain_seeds: int = field(3, "seeds each confirmed configuration is retrained with")
+    confirm_top: int = field(
+        3,
+        "how many of the search's best configurations are retrained with --retrain-seeds seeds each before the "
+        "winner is chosen by its mean validation metric (1: the search's best alone)",
+    )
+    device: str | None = field(
         "auto",
         "where trials, the cache and the retrain run: auto takes CUDA where Ray gives a GPU (and fails at once if "
         "CUDA is unusable there); cpu runs on CPUs on purpose (CPU clusters, tests)",
+        recorded=True,
         choices=["auto", "cpu", "cuda"],
     )
     ray_address: str | None = field(None, "Ray cluster address; local Ray when unset")
@@ -58,23 +87,26 @@ class RetrainConfig(StoreFlags):
 
     def __post_init__(self) -> None:
         # trials and the retrain run in other working directories: relative local paths would not resolve there
-        object.__setattr__(self, "shards", absolute(self.shards))
+        if self.shards:
+            object.__setattr__(self, "shards", absolute(self.shards))
         if self.node_store:
             object.__setattr__(self, "node_store", absolute(self.node_store))
         check(self.cpus_per_trial > 0, f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         check(self.gpus_per_trial >= 0, f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
         check(self.retrain_seeds >= 1, f"retrain_seeds must be >= 1, got {self.retrain_seeds}")
+        check(self.confirm_top >= 1, f"confirm_top must be >= 1, got {self.confirm_top}")
         check(self.node_disk_gb is None or self.node_disk_gb > 0, f"node_disk_gb must be > 0, got {self.node_disk_gb}")
         check(bool(self.name) and "/" not in self.name, f"name must be a plain folder name, got {self.name!r}")
-        # The space file is checked now, so a bad one costs a second, not a cluster start. Imported here
-        # because the space module needs Optuna, which `--help` should not pay for.
-        from genre_sweep.tune.space import load_space
-
-        load_space(self.space)
 
     @property
     def root(self) -> str:
         return self.storage.rstrip("/") + "/" + self.name
+
+    @property
+    def direction(self) -> str:
+        """max or min: the mode the objective is judged by (set once the config is resolved)."""
+        assert self.metric is not None, "the config is not resolved against a sweep record yet"
+        return self.mode or METRICS[self.metric]
 
     def study_url(self) -> str:
         if self.study_storage:
@@ -87,8 +119,10 @@ class RetrainConfig(StoreFlags):
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig(RetrainConfig):
-    """Search the DoRA-AST hyperparameters with Ray Tune, Optuna's TPE and ASHA by epoch, then retrain the best
-    configuration, test it and write the report. --resume finishes an interrupted sweep."""
+    """Search the DoRA-AST hyperparameters with Ray Tune, Optuna's TPE and ASHA by epoch, then confirm the best
+    configurations over seeds, test the chosen one and write the report. The sweep's folder holds its record (the
+    dataset's fingerprint, the space, the objective and the complete training config every trial starts from);
+    --resume finishes an interrupted sweep from that record."""
 
     trials: int = field(35, "number of trials")
     max_concurrent_trials: int | None = field(
@@ -100,21 +134,28 @@ class SweepConfig(RetrainConfig):
         "cluster can scale to and asks the autoscaler for it up front; unset: a `ray up` head's own bootstrap "
         "config, else the nodes up now",
     )
-    grace_period: int = field(1, "ASHA: epochs before a trial can be stopped")
-    reduction_factor: float = field(3.0, "ASHA: keep the top 1/reduction_factor at each rung")
-    max_t: int | None = field(None, "ASHA: most epochs; unset: the largest epoch count in the space")
-    max_failures: int = field(2, "retries of a crashed trial")
-    resume: bool = field(False, "finish an interrupted sweep of the same name")
-    retrain: bool = field(True, "retrain the best configuration, test it and write the report at the end")
+    grace_period: int | None = field(1, "ASHA: epochs before a trial can be stopped", recorded=True)
+    reduction_factor: float | None = field(3.0, "ASHA: keep the top 1/reduction_factor at each rung", recorded=True)
+    max_t: int | None = field(None, "ASHA: most epochs; unset: the largest epoch count in the space", recorded=True)
+    max_failures: int = field(2, "retries of a crashed trial (a trial whose configuration fails is not retried)")
+    resume: bool = field(False, "finish an interrupted sweep of the same name, from its record")
+    retrain: bool = field(True, "confirm the best configurations, test the chosen one and write the report at the end")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.trials >= 1, f"trials must be >= 1, got {self.trials}")
-        check(self.grace_period >= 1, f"grace_period must be >= 1, got {self.grace_period}")
-        check(self.reduction_factor > 1, f"reduction_factor must be > 1, got {self.reduction_factor}")
+        check(
+            self.grace_period is None or self.grace_period >= 1, f"grace_period must be >= 1, got {self.grace_period}"
+        )
+        check(
+            self.reduction_factor is None or self.reduction_factor > 1,
+            f"reduction_factor must be > 1, got {self.reduction_factor}",
+        )
+        check(self.max_t is None or self.max_t >= 1, f"max_t must be >= 1, got {self.max_t}")
         check(
             self.max_concurrent_trials is None or self.max_concurrent_trials >= 1, "max_concurrent_trials must be >= 1"
         )
+        check(self.resume or bool(self.shards), "missing required --shards (a new sweep needs its dataset)")
 
 
 @dataclasses.dataclass(frozen=True)

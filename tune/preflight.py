@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import ray
@@ -27,10 +28,13 @@ from genre_sweep.model.node_store import NodeSizes, node_sizes
 from genre_sweep.ray_start import RayConnectError, init_ray
 from genre_sweep.store import StoreError, StoreOptions, filesystem, probe_writable
 from genre_sweep.tune.capacity import Capacity, cluster_capacity, from_cluster_config
-from genre_sweep.tune.configs import PreflightConfig, RetrainConfig, SweepError
+from genre_sweep.tune.configs import PreflightConfig, RetrainConfig, SweepConfig, SweepError
 from genre_sweep.tune.internals import prepare_cluster_config
+from genre_sweep.tune.record import SweepRecord, make_record, new_sweep, read_record, reconcile
 from genre_sweep.tune.space import load_space
-from genre_sweep.tune.study import read_marker, resumed_study_url
+from genre_sweep.tune.study import resumed_study_url
+
+C = TypeVar("C", bound=RetrainConfig)
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +87,33 @@ def check_shards_match_model(shards: str, pretrained: str, options: StoreOptions
     return f"{len(ds.genres)} genres, windows of {ds.frames} x {ds.mel_bins} fit {pretrained}"
 
 
-def before_sweep(cfg: RetrainConfig, existing: str | None, test_split: bool) -> str:
+def before_sweep(cfg: C, action: str | None, test_split: bool) -> tuple[C, SweepRecord]:
     """The checks of this module that apply to a sweep or a retrain, run before Ray starts anything, so a bad
-    input costs seconds: the shards fit the model and hold the splits needed, the storage is writable, and
-    for ``existing`` (``--resume``, ``retrain``) the sweep is there and ours. Returns the study URL to use
-    (a resumed sweep's own, restored from the storage's copy when the driver has none)."""
-    check_dataset(cfg.shards, cfg.pretrained, cfg.options, ("train", "val", "test") if test_split else ("train", "val"))
+    input costs seconds, and the sweep record they go by.
+
+    A new sweep (``action`` None): its space read once, its recorded settings resolved (``record.new_sweep``), the
+    shards fit the model and hold the splits needed, the storage is writable; its record is made (and written when
+    the sweep starts). ``--resume`` and ``retrain`` (``action`` names which): the sweep is there and ours, its record
+    is read and ``cfg`` reconciled with it (``record.reconcile``), then the same checks. Returns ``cfg`` resolved,
+    with the study URL to use (a resumed sweep's own, restored from the storage's copy when the driver has none),
+    and the record.
+    """
+    splits = ("train", "val", "test") if test_split else ("train", "val")
+    if action is None:
+        assert isinstance(cfg, SweepConfig)
+        cfg, space = new_sweep(cfg)
+        dataset = check_dataset(cfg.shards, cfg.pretrained, cfg.options, splits)
+        check_storage_writable(cfg.storage, cfg.options)
+        url = cfg.study_url()
+        return dataclasses.replace(cfg, study_storage=url), make_record(cfg, space, dataset, url)
     check_storage_writable(cfg.storage, cfg.options)
-    if existing is None:
-        return cfg.study_url()
     fs, storage_path = filesystem(cfg.storage, cfg.options)
     if not tune.Tuner.can_restore(storage_path + "/" + cfg.name, storage_filesystem=fs):
-        raise SweepError(f"{existing}: no sweep named {cfg.name!r} in {cfg.storage}")
-    return resumed_study_url(cfg, read_marker(cfg, existing))
+        raise SweepError(f"{action}: no sweep named {cfg.name!r} in {cfg.storage}")
+    record = read_record(cfg, action)
+    cfg = reconcile(cfg, record, open_dataset(cfg.shards, cfg.options) if cfg.shards else None, action)
+    check_dataset(cfg.shards, cfg.pretrained, cfg.options, splits)
+    return dataclasses.replace(cfg, study_storage=resumed_study_url(cfg, record.study_url)), record
 
 
 def cache_start(cfg: RetrainConfig, start: int, cached: tuple[str, ...]) -> int | None:

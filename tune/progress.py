@@ -15,6 +15,8 @@ from typing import Any
 
 from ray import tune
 
+from genre_sweep.tune.trial import TRIAL_ERROR
+
 log = logging.getLogger(__name__)
 
 
@@ -23,8 +25,8 @@ def _short(value: Any) -> str:
 
 
 class SweepProgress(tune.Callback):
-    def __init__(self, metric: str, trials: int, default_epochs: int):
-        self.metric, self.trials, self.default_epochs = metric, trials, default_epochs
+    def __init__(self, metric: str, mode: str, trials: int, default_epochs: int):
+        self.metric, self.mode, self.trials, self.default_epochs = metric, mode, trials, default_epochs
         self.started = self.done = 0
         self.best: tuple[float, str] | None = None  # (best epoch's metric, trial id)
         self.start_times: dict[str, float] = {}  # when Tune's controller first had each trial (wall clock)
@@ -60,13 +62,25 @@ class SweepProgress(tune.Callback):
             )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        if TRIAL_ERROR in trial.last_result:
+            log.warning(
+                "trial %s failed: %s (not retried: the same configuration fails again; the study holds it as FAIL); "
+                "%d of %d trials done",
+                trial.trial_id,
+                trial.last_result[TRIAL_ERROR],
+                self.done,
+                self.trials,
+            )
+            return
         epochs = int(trial.last_result.get("training_iteration", 0))
         planned = int(trial.config.get("num_train_epochs", self.default_epochs))
-        value = trial.metric_analysis.get(self.metric, {}).get("max")
-        if value is not None and (self.best is None or value > self.best[0]):
+        value = trial.metric_analysis.get(self.metric, {}).get(self.mode)
+        if value is not None and (
+            self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+        ):
             self.best = (value, trial.trial_id)
         how = "complete" if epochs >= planned else f"stopped by ASHA after {epochs} of {planned} epochs"
-        self.done += 1
         best = f"best so far {self.best[0]:.3f} (trial {self.best[1]})" if self.best else "no result yet"
         shown = "none" if value is None else f"{value:.3f}"
         overhead = self.overheads.get(trial.trial_id)
@@ -88,4 +102,9 @@ class SweepProgress(tune.Callback):
         log.warning("trial %s failed (failure %d); retrying it from %s", trial.trial_id, trial.num_failures, where)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        log.warning("trial %s failed: see %s (it is retried up to --max-failures times)", trial.trial_id, trial.path)
+        log.warning(
+            "trial %s failed %d times, --max-failures retries spent: see %s",
+            trial.trial_id,
+            trial.num_failures,
+            trial.path,
+        )

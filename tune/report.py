@@ -1,4 +1,5 @@
-"""The sweep report: best config, every trial, importances, history, learning curves, summary.md.
+"""The sweep report: the chosen configuration and its confirmation, every trial, importances, history, learning
+curves, summary.md.
 
 Everything is written to a local folder and then copied into the sweep's storage (local or s3://),
 where it outlives the cluster.
@@ -27,62 +28,89 @@ from genre_sweep.model.evaluate import plot_confusion  # noqa: E402
 from genre_sweep.model.export import export_model  # noqa: E402
 from genre_sweep.store import StoreOptions, filesystem, join, write_atomic, write_bytes  # noqa: E402
 from genre_sweep.tune.configs import RetrainConfig  # noqa: E402
+from genre_sweep.tune.confirm import Confirmation, wilson  # noqa: E402
+from genre_sweep.tune.record import SweepRecord  # noqa: E402
+from genre_sweep.tune.trial import TRIAL_ERROR  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 MIN_COMPLETE_FOR_IMPORTANCE = 6  # and two per searched hyperparameter
 
 
-@dataclasses.dataclass(frozen=True)
-class BestTrial:
-    """The sweep's best trial: where Tune keeps it, its configuration, and its best epoch's score."""
-
-    path: str
-    config: dict[str, Any]
-    epoch: int
-    metric: str
-    value: float
-
-
 def write_report(
     cfg: RetrainConfig,
+    record: SweepRecord,
     results: Any,
-    best: BestTrial,
-    values: dict[str, Any],
-    outcome: dict[str, Any],
-    chosen: dict[str, Any],
+    confirmation: Confirmation,
+    tested: dict[str, Any],
     data: Dataset,
+    failed: list[tuple[str, str]],
 ) -> None:
-    """Write ``<storage>/<name>/report``: the exported model, test metrics, every trial, plots and summary.md.
+    """Write ``<storage>/<name>/report``: the exported model, the confirmation, test metrics, every trial, plots and
+    summary.md.
 
-    ``results`` is Tune's ResultGrid, ``values`` the retrained configuration, ``outcome`` the retrain's
-    per-seed figures and ``chosen`` the best-on-validation seed (its model and test evaluation).
+    ``results`` is Tune's ResultGrid, ``tested`` the chosen configuration's test evaluation (``retrain.test_chosen``,
+    with the exported seed's model), ``failed`` each failed trial's name and reason.
     """
     study = optuna.load_study(study_name=cfg.name, storage=cfg.study_url())
+    chosen = confirmation.chosen
+    chosen_config = {k: v for k, v in confirmation.runs_of(chosen.trial)[0].config.items() if k != "seed"}
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report"
         report.mkdir()
-        export_model(chosen["model"], report / "model", data.genres, data.frames, data.mel_bins, base=cfg.pretrained)
+        export_model(tested["model"], report / "model", data.genres, data.frames, data.mel_bins, base=cfg.pretrained)
+        exported = tested["exported_test"]
         plot_confusion(
-            np.array(chosen["test"]["confusion"]),
+            np.array(exported["confusion"]),
             list(data.genres),
-            f"test, seed {chosen['seed']}: clip accuracy {chosen['test']['clip_acc']:.3f}",
+            f"test, seed {tested['exported_seed']}: clip accuracy {exported['clip_acc']:.3f}",
             report / "confusion.png",
         )
-        save_json(report / "test_metrics.json", chosen["test"])
-        save_json(report / "retrain.json", outcome)
+        save_json(report / "test_metrics.json", exported)
+        save_json(
+            report / "retrain.json",
+            {
+                **{k: v for k, v in tested.items() if k not in ("model", "exported_test")},
+                "confirmation": {
+                    "metric": confirmation.metric,
+                    "mode": confirmation.mode,
+                    "seconds": confirmation.seconds,
+                    "val_clips": confirmation.val_clips,
+                    "chosen": chosen.trial,
+                    "candidates": [
+                        {
+                            **dataclasses.asdict(c),
+                            "mean": confirmation.mean(c.trial),
+                            "std": confirmation.std(c.trial),
+                            "within_noise": c in confirmation.within_noise(),
+                        }
+                        for c in confirmation.candidates
+                    ],
+                    "runs": [dataclasses.asdict(r) for r in confirmation.runs],
+                },
+            },
+        )
         save_json(
             report / "best_config.json",
-            {"config": values, "trial": best.path, "epoch": best.epoch, best.metric: best.value},
+            {
+                "trial": chosen.trial,
+                "folder": chosen.folder,
+                "params": chosen.params,
+                "config": chosen_config,
+                "seeds": tested["seeds"],
+                "search": {"metric": cfg.metric, "mode": cfg.direction, "value": chosen.value, "epoch": chosen.epoch},
+                "confirmation": {"mean": confirmation.mean(chosen.trial), "std": confirmation.std(chosen.trial)},
+            },
         )
+        (report / "sweep_record.json").write_bytes(record.as_json())
         curves = {}
         for r in results:
             df = r.metrics_dataframe
-            if df is None or df.empty:
+            if df is None or df.empty or cfg.metric not in df or (r.metrics and TRIAL_ERROR in r.metrics):
                 continue
-            pruned = len(df) < r.config.get("num_train_epochs", len(df))
+            pruned = len(df) < r.config.get("num_train_epochs", record.search_space.max_epochs())
             curves[Path(r.path).name] = (df["training_iteration"].tolist(), df[cfg.metric].tolist(), pruned)
-        write_csv(trials_table(study), report / "trials.csv")
+        write_csv(trials_table(study, cfg.direction), report / "trials.csv")
         files = ["best_config.json", "trials.csv", "retrain.json", "test_metrics.json", "confusion.png"]
         notes = []
         why_not = plot_importances(study, report / "importances.png")
@@ -90,13 +118,13 @@ def write_report(
             notes.append(f"no importances.png: {why_not}")
         else:
             files.append("importances.png")
-        plot_history(study, report / "history.png", cfg.metric)
+        plot_history(study, report / "history.png", cfg.metric, cfg.direction)
         plot_learning_curves(curves, report / "learning_curves.png", cfg.metric)
-        files += ["history.png", "learning_curves.png", "model/"]
+        files += ["history.png", "learning_curves.png", "sweep_record.json", "model/"]
         counts: dict[str, int] = {}
         for t in study.trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        summary = summary_markdown(cfg, counts, best, outcome, files, notes)
+        summary = summary_markdown(cfg, counts, confirmation, tested, chosen_config, failed, files, notes)
         (report / "summary.md").write_text(summary)
         url = cfg.study_url()
         if url.startswith("sqlite:///"):  # the study outlives the cluster with the rest of the report
@@ -104,16 +132,51 @@ def write_report(
         upload(report, cfg.root + "/report", cfg.options)
 
 
-def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial: number, state, epochs run, value, params, intermediate values."""
+def best_and_last(values: dict[int, float], mode: str) -> tuple[float | None, int | None, float | None, int | None]:
+    """A trial's best epoch's value and epoch (by ``mode``; the earlier epoch on a tie) and its last epoch's."""
+    finite = {e: v for e, v in values.items() if v is not None and math.isfinite(v)}
+    if not finite:
+        return None, None, None, None
+    sign = 1.0 if mode == "max" else -1.0
+    best = max(sorted(finite), key=lambda e: sign * finite[e])
+    last = max(finite)
+    return finite[best], best, finite[last], last
+
+
+TABLE_FIRST = (
+    "trial",
+    "number",
+    "state",
+    "best_value",
+    "best_epoch",
+    "last_value",
+    "last_epoch",
+    "epochs_run",
+    "study_value",
+    "fail_reason",
+)
+
+
+def trials_table(study: optuna.Study, mode: str) -> list[dict[str, Any]]:
+    """One row per trial: its name (``trial``, as in the progress lines and the report) and study number, its state,
+    its best epoch's value and epoch (what the report ranks by), its last epoch's (where a pruned trial stopped),
+    the epochs it ran, the value the study holds (``study_value``: Optuna keeps the best epoch for a complete trial
+    and the last epoch for a pruned one), why it failed, and its searched values."""
     rows = []
     for t in study.trials:
+        best, best_epoch, last, last_epoch = best_and_last(t.intermediate_values, mode)
         rows.append(
             {
+                "trial": t.user_attrs.get("trial", ""),
                 "number": t.number,
                 "state": t.state.name,
+                "best_value": best,
+                "best_epoch": best_epoch,
+                "last_value": last,
+                "last_epoch": last_epoch,
                 "epochs_run": len(t.intermediate_values),  # every epoch is reported, the last included
-                "value": t.value,
+                "study_value": t.value,
+                "fail_reason": t.user_attrs.get("fail_reason", ""),
                 **{f"param_{k}": v for k, v in t.params.items()},
             }
         )
@@ -123,9 +186,8 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     import csv
 
-    fields = sorted(
-        {k for r in rows for k in r}, key=lambda k: (k not in ("number", "state", "epochs_run", "value"), k)
-    )
+    first = [k for k in TABLE_FIRST if any(k in r for r in rows)]
+    fields = first + sorted({k for r in rows for k in r} - set(first))
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -159,39 +221,34 @@ def plot_importances(study: optuna.Study, path: Path) -> str | None:
     return None
 
 
-def plot_history(study: optuna.Study, path: Path, metric: str) -> None:
+def plot_history(study: optuna.Study, path: Path, metric: str, mode: str) -> None:
     """Each trial at its best epoch (complete in blue, pruned in grey) and the best complete trial so far."""
     fig, ax = plt.subplots(figsize=(7, 4))
+    pick = max if mode == "max" else min
     best, done, stopped, line = None, ([], []), ([], []), ([], [])
     for t in study.trials:
-        if not t.intermediate_values:
+        value = best_and_last(t.intermediate_values, mode)[0]  # the trial's best epoch, as the confirmation ranks
+        if value is None:
             continue
-        value = max(t.intermediate_values.values())  # the trial's best epoch, as the retrain picks
         complete = t.state == optuna.trial.TrialState.COMPLETE
         numbers, values = done if complete else stopped
         numbers.append(t.number)
         values.append(value)
         if complete:
-            best = value if best is None else max(best, value)
+            best = value if best is None else pick(best, value)
         if best is not None:
             line[0].append(t.number)
             line[1].append(best)
     ax.scatter(*done, color="tab:blue", s=18, label="complete trial, its best epoch")
     ax.scatter(*stopped, color="tab:gray", s=18, label="pruned trial (stopped by ASHA), its best epoch")
     ax.step(*line, where="post", color="tab:red", label="best complete trial so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
-    ax.set_title("optimisation history")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("study trial number (trials.csv names each trial)")
+    ax.set_ylabel(f"{metric} at the trial's best epoch")
+    ax.set_title(f"optimisation history ({'higher' if mode == 'max' else 'lower'} is better)")
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def trial_id(folder: str) -> str:
-    """Tune's id of a trial (``5f3a2_00003``) from its folder name (``run_trial_5f3a2_00003_3_batch_size=8,...``)."""
-    parts = folder.split("_")
-    return f"{parts[2]}_{parts[3]}" if len(parts) > 3 and parts[:2] == ["run", "trial"] else folder
 
 
 def plot_learning_curves(curves: dict[str, tuple[list[int], list[float], bool]], path: Path, metric: str) -> None:
@@ -206,7 +263,7 @@ def plot_learning_curves(curves: dict[str, tuple[list[int], list[float], bool]],
             marker=".",
             linewidth=1,
             color=colors(i % 20),
-            label=f"{trial_id(name)}{' (pruned)' if pruned else ''}",
+            label=f"{name}{' (pruned)' if pruned else ''}",
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
@@ -217,64 +274,103 @@ def plot_learning_curves(curves: dict[str, tuple[list[int], list[float], bool]],
     plt.close(fig)
 
 
-def wilson(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % Wilson score interval of an accuracy measured on ``n`` independent items."""
-    if n == 0:
-        return 0.0, 1.0
-    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def summary_markdown(
     cfg: RetrainConfig,
     counts: dict[str, int],
-    best: BestTrial,
-    retrain: dict[str, Any],
+    confirmation: Confirmation,
+    tested: dict[str, Any],
+    config: dict[str, Any],
+    failed: list[tuple[str, str]],
     files: list[str],
     notes: tuple[str, ...] | list[str] = (),
 ) -> str:
-    """The report's front page: the winner, its test result with its uncertainty, the caveats, what to run next."""
-    trial = trial_id(Path(best.path).name)
+    """The report's front page: the chosen configuration and how it was chosen, its test result with its
+    uncertainty, the trials (failed ones with why), the caveats, what to run next."""
+    chosen, metric = confirmation.chosen, confirmation.metric
+    seeds = len(tested["seeds"])
     lines = [f"# Sweep `{cfg.name}`", "", "## Result", ""]
-    lines.append(
-        f"The winner is trial `{trial}`: {best.metric} **{best.value:.4f}** at epoch {best.epoch}. Its configuration "
-        "was retrained and tested:"
-    )
-    if retrain:
-        n = retrain["test_clips"]
-        low, high = wilson(retrain["test_clip_acc_mean"], n)
-        lines += [
-            "",
-            f"| on the test split ({n} clips, {retrain['test_windows']} windows) | mean ± std over "
-            f"{len(retrain['seeds'])} seeds |",
-            "|---|---|",
-            f"| clip accuracy | **{retrain['test_clip_acc_mean']:.4f} ± {retrain['test_clip_acc_std']:.4f}** |",
-            f"| clip macro-F1 | {retrain['test_clip_macro_f1_mean']:.4f} ± {retrain['test_clip_macro_f1_std']:.4f} |",
-            f"| window accuracy | {retrain['test_window_acc_mean']:.4f} ± {retrain['test_window_acc_std']:.4f} |",
-            "",
-            f"With {n} test clips, the 95 % interval of the clip accuracy is [{low:.3f}, {high:.3f}] (Wilson): the "
-            "test set's own uncertainty, larger than the spread over seeds. Each seed trained to its best epoch on "
-            f"validation and was tested once; the exported model is seed {retrain['exported_seed']}'s (the best "
-            "on validation).",
-        ]
-    lines += ["", "## Configuration", "", f"Of trial `{trial}` ([best_config.json](best_config.json)):", ""]
-    lines += [f"- `{k}`: {v}" for k, v in sorted(best.config.items())]
+    better = "higher" if confirmation.mode == "max" else "lower"
+    if len(confirmation.candidates) > 1:
+        how = (
+            f"the best mean validation {metric} ({better} is better) over {seeds} seed{'s' if seeds > 1 else ''} "
+            f"among the search's top {len(confirmation.candidates)} (see Confirmation)"
+        )
+    else:
+        how = (
+            f"the search's best by its best epoch's validation {metric} ({better} is better), retrained with "
+            f"{seeds} seed{'s' if seeds > 1 else ''} (--confirm-top 1: not compared with the runners-up)"
+        )
+    lines.append(f"The chosen configuration is trial `{chosen.trial}`'s: {how}. It alone was tested:")
+    n = tested["test_clips"]
+    low, high = wilson(tested["test_clip_acc_mean"], n)
+    lines += [
+        "",
+        f"| on the test split ({n} clips, {tested['test_windows']} windows) | mean ± std over {seeds} seeds |",
+        "|---|---|",
+        f"| clip accuracy | **{tested['test_clip_acc_mean']:.4f} ± {tested['test_clip_acc_std']:.4f}** |",
+        f"| clip macro-F1 | {tested['test_clip_macro_f1_mean']:.4f} ± {tested['test_clip_macro_f1_std']:.4f} |",
+        f"| window accuracy | {tested['test_window_acc_mean']:.4f} ± {tested['test_window_acc_std']:.4f} |",
+        "",
+        f"With {n} test clips, the 95 % interval of the clip accuracy is [{low:.3f}, {high:.3f}] (Wilson): the test "
+        "set's own uncertainty, larger than the spread over seeds. Each seed trained to its best epoch on validation "
+        f"and was tested once; the exported model is seed {tested['exported_seed']}'s (the best on validation).",
+        "",
+        "## Confirmation",
+        "",
+        f"The search's best {len(confirmation.candidates)} configurations (by their best epoch's validation {metric}), "
+        f"each retrained with seeds {', '.join(map(str, tested['seeds']))} from the sweep record's trial template:",
+        "",
+        f"| | trial | search: {metric} (epoch) | retrained: mean ± std | per seed |",
+        "|---|---|---|---|---|",
+    ]
+    tied = confirmation.within_noise()
+    for c in confirmation.candidates:
+        mark = "**chosen**" if c is chosen else ("within noise" if c in tied else "")
+        per_seed = ", ".join(f"{v:.3f}" for v in confirmation.values(c.trial))
+        lines.append(
+            f"| {mark} | `{c.trial}` | {c.value:.4f} ({c.epoch}) | {confirmation.mean(c.trial):.4f} ± "
+            f"{confirmation.std(c.trial):.4f} | {per_seed} |"
+        )
+    retrains = len(confirmation.runs)
+    lines += [
+        "",
+        confirmation.verdict(),
+        "",
+        f"Cost: {len(confirmation.candidates)} configurations x {seeds} seeds = {retrains} retrains in "
+        f"{confirmation.seconds:.1f} s of wall time (each on a trial's resources: {cfg.cpus_per_trial:g} CPU + "
+        f"{cfg.gpus_per_trial:g} GPU, as many at once as the cluster holds), then the chosen one's {seeds} tests.",
+        "",
+        "## Configuration",
+        "",
+        f"Trial `{chosen.trial}`'s searched values (**bold**) on the sweep record's template "
+        "([best_config.json](best_config.json), [sweep_record.json](sweep_record.json)):",
+        "",
+    ]
+    shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in config.items()}  # in full in best_config.json
+    lines += [f"- `{k}`: **{v}**" if k in chosen.params else f"- `{k}`: {v}" for k, v in sorted(shown.items())]
     lines += [
         "",
         "## Trials",
         "",
         f"{sum(counts.values())} trials: {', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))} "
-        "(pruned: stopped early by ASHA). See [trials.csv](trials.csv), [history.png](history.png) and "
-        "[learning_curves.png](learning_curves.png).",
+        "(pruned: stopped early by ASHA). [trials.csv](trials.csv) names each trial as the progress lines do and "
+        "gives its best epoch's value (`best_value`, what [history.png](history.png) shows and the confirmation "
+        "ranks by) and its last epoch's (`last_value`); the study's own value (`study_value`, what optuna-dashboard "
+        "shows) is the best epoch for a complete trial and the last epoch for a pruned one, which is Optuna's rule. "
+        "[learning_curves.png](learning_curves.png) shows every epoch.",
+    ]
+    if failed:
+        lines += ["", f"{len(failed)} trial{'s' if len(failed) > 1 else ''} failed:", ""]
+        lines += [f"- `{name}`: {reason}" for name, reason in failed]
+    lines += [
         "",
         "## Caveats",
         "",
         "- The split is random by track, stratified by genre: a track's clips and windows never cross splits, "
         "but an artist's tracks can. On GTZAN, whose tracks repeat artists (and a few recordings), that makes "
         "test accuracy higher than on unseen artists; an artist-filtered split is the stricter measure.",
-        "- The winner was chosen on validation among many trials, so its validation score is optimistic; the test "
-        "figures above are the ones to quote.",
+        "- The candidates were chosen on validation among many trials, so their validation scores are optimistic; "
+        "the test figures above are the ones to quote.",
         "",
         "## Next",
         "",
@@ -283,7 +379,8 @@ def summary_markdown(
         "python -c 'from transformers import pipeline; "
         f'print(pipeline("audio-classification", model="{cfg.root}/report/model", trust_remote_code=True)'
         '("song.wav"))\'',
-        f"genre-sweep sweep --shards {cfg.shards} --storage {cfg.storage} --name {cfg.name}-more --trials 70",
+        f"genre-sweep sweep --shards {cfg.shards} --storage {cfg.storage} --name {cfg.name}-more --trials 70"
+        + (f" --space {cfg.space}" if cfg.space else ""),
         "```",
         "",
         "The first predicts songs with the exported model; the second uses it from Hugging Face transformers "

@@ -1,16 +1,21 @@
-"""``genre-sweep retrain``: the sweep's best configuration retrained with several seeds, each tested once.
+"""``genre-sweep retrain``: a finished sweep's winner confirmed over seeds, tested once, exported and reported.
 
-Also the sweep's last stage: ``retrain_and_report`` picks the best trial, retrains it on a trial's
-resources (a GPU node on a cluster) and hands the outcome to ``report.write_report``.
+Also the sweep's last stage (``retrain_and_report``). The search's top configurations (``--confirm-top``) are
+each retrained with the seeds (``--retrain-seeds``) as Ray tasks on a trial's resources, as many at once as the
+cluster holds, on the nodes' stores and the trials' frozen-prefix cache; each retrain trains the sweep record's
+template with the candidate's searched values and its seed. The one with the best mean validation metric is
+chosen (``tune.confirm``); only its retrains are evaluated on the test split, so the test split is touched once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,93 +23,215 @@ import ray
 from ray import tune
 
 from genre_sweep.cli import job_main
-from genre_sweep.config import resolve
 from genre_sweep.data.shards import open_dataset
 from genre_sweep.errors import one_line, user_error
 from genre_sweep.jobs import worker_logging
+from genre_sweep.model.checkpoint import TRAINABLE, load_trainable
 from genre_sweep.model.configs import TrainConfig
-from genre_sweep.model.data import TrainData
 from genre_sweep.model.device import resolve_device
 from genre_sweep.model.evaluate import evaluate_split
 from genre_sweep.model.node_store import NodeData
-from genre_sweep.model.train import train
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import filesystem
 from genre_sweep.tune.configs import RetrainConfig, SweepError
+from genre_sweep.tune.confirm import Candidate, Confirmation, Run, top_candidates
 from genre_sweep.tune.preflight import before_sweep, cache_start
-from genre_sweep.tune.report import BestTrial, write_report
-from genre_sweep.tune.space import load_space
-from genre_sweep.tune.trial import run_trial
+from genre_sweep.tune.record import WHERE, SweepRecord
+from genre_sweep.tune.report import write_report
+from genre_sweep.tune.trial import TRIAL_ERROR, run_trial, train_on_node
 
 log = logging.getLogger(__name__)
 
 
-def retrain(values: dict[str, Any], data: TrainData, seeds: list[int], work: Path) -> dict[str, Any]:
-    """Train ``values`` once per seed (best epoch on validation), evaluate each on test once.
+def trial_source(cfg: RetrainConfig, record: SweepRecord) -> NodeData:
+    """Where trials and the confirmation's retrains find their data: each node's store, with the frozen-prefix
+    cache below the space's lowest adapter unless it is off (the retrains reuse the trials' cache)."""
+    start = cache_start(cfg, record.search_space.lowest_adapted_layer(), ("train", "val"))
+    return NodeData(cfg.shards, cfg.options, cfg.node_store, start, cfg.node_disk_gb)
 
-    Returns per-seed metrics, their mean and std, and the best-on-validation seed's model and evaluation.
-    """
-    runs = []
-    for seed in seeds:
-        cfg = resolve(TrainConfig, {**values, "seed": seed, "out": str(work / f"seed-{seed}"), "resume": None})
-        result = train(cfg, data)
-        test = evaluate_split(
-            result.model, data.split("test"), list(data.genres), cfg.eval_batch_size, resolve_device(cfg.device)
+
+def failures(results: tune.ResultGrid) -> list[tuple[str, str]]:
+    """(trial name, reason) of each failed trial: one whose configuration could not train (not retried), or one
+    that crashed through all its retries."""
+    out = []
+    for r in results:
+        name = Path(r.path).name
+        if r.error is not None:
+            cause = user_error(r.error) or getattr(r.error, "cause", r.error)  # Ray's wrapper: the cause is the trial's
+            out.append((name, one_line(cause)))
+        elif r.metrics and TRIAL_ERROR in r.metrics:
+            out.append((name, r.metrics[TRIAL_ERROR]))
+    return out
+
+
+def ranked_trials(cfg: RetrainConfig, results: tune.ResultGrid) -> list[Candidate]:
+    """Every trial with a finite best epoch by ``cfg.metric``, best first (by ``cfg.direction``); SweepError when
+    none has one."""
+    ranked = []
+    for r in results:
+        df = r.metrics_dataframe
+        if df is None or cfg.metric not in df or (r.metrics and TRIAL_ERROR in r.metrics):
+            continue
+        df = df[df[cfg.metric].map(lambda v: isinstance(v, float | int) and math.isfinite(v))]
+        if df.empty:
+            continue
+        row = df.loc[df[cfg.metric].idxmax() if cfg.direction == "max" else df[cfg.metric].idxmin()]
+        ranked.append(
+            Candidate(Path(r.path).name, r.path, dict(r.config), float(row[cfg.metric]), int(row["training_iteration"]))
         )
-        runs.append(
-            {
-                "seed": seed,
-                "best_epoch": result.best_epoch,
-                "val_clip_acc": result.best_metrics["val_clip_acc"],
-                "test": test,
-                "model": result.model,
-            }
+    if not ranked:
+        failed = failures(results)
+        why = f"; the first error: {failed[0][1]} (trial {failed[0][0]})" if failed else ""
+        raise SweepError(
+            f"no trial of {cfg.root} reported a {cfg.metric} to retrain from ({len(failed)} of {len(results)} "
+            f"trials failed{why})"
         )
-        log.info(
-            "retrain seed %d: best epoch %d, val clip acc %.3f, test clip acc %.3f",
-            seed,
-            result.best_epoch,
-            result.best_metrics["val_clip_acc"],
-            test["clip_acc"],
-        )
-    clip = [r["test"]["clip_acc"] for r in runs]
-    window = [r["test"]["window_acc"] for r in runs]
-    chosen = max(runs, key=lambda r: r["val_clip_acc"])
+    sign = 1.0 if cfg.direction == "max" else -1.0
+    return sorted(ranked, key=lambda c: -sign * c.value)  # a stable sort: ties keep Tune's order
+
+
+def retrain_seed(config: TrainConfig, source: NodeData) -> dict[str, Any]:
+    """Ray task (a trial's resources): train ``config`` once, as a trial does, on this node's store and cache, in a
+    scratch folder; its best epoch on validation, that epoch's metrics and its trained weights."""
+    worker_logging()  # each epoch's line reaches the driver's output (and `ray job logs`)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_on_node(dataclasses.replace(config, out=str(Path(tmp) / "run")), source)
+        weights = (result.run_dir / "best" / TRAINABLE).read_bytes()
+        val = source.load(("val",)).split("val")
     return {
-        "seeds": seeds,
-        "per_seed": [
-            {k: v for k, v in r.items() if k not in ("model", "test")}
-            | {
-                "test_clip_acc": r["test"]["clip_acc"],
-                "test_window_acc": r["test"]["window_acc"],
-                "test_clip_macro_f1": r["test"]["clip_macro_f1"],
-            }
-            for r in runs
-        ],
-        "test_clips": chosen["test"]["clips"],
-        "test_windows": chosen["test"]["windows"],
-        "test_clip_macro_f1_mean": statistics.fmean(r["test"]["clip_macro_f1"] for r in runs),
-        "test_clip_macro_f1_std": statistics.pstdev(r["test"]["clip_macro_f1"] for r in runs),
-        "test_clip_acc_mean": statistics.fmean(clip),
-        "test_clip_acc_std": statistics.pstdev(clip),
-        "test_window_acc_mean": statistics.fmean(window),
-        "test_window_acc_std": statistics.pstdev(window),
-        "exported_seed": chosen["seed"],
-        "chosen": chosen,
+        "best_epoch": result.best_epoch,
+        "val": {k: result.best_metrics[k] for k in ("val_clip_acc", "val_window_acc", "val_loss")},
+        "val_clips": len(val.clip_names),
+        "weights": weights,
     }
 
 
-def retrain_on_a_trial_node(values: dict[str, Any], source: NodeData, seeds: list[int]) -> dict:
-    """Ray task (a trial's resources, so a GPU node on a cluster): ``retrain`` in a scratch folder there, on the
-    data mapped from that node's store, with the frozen-prefix cache there when ``source`` names its layer (the
-    trials' states reused, the test split's added).
-    """
-    worker_logging()  # each seed's epoch lines reach the driver's output (and `ray job logs`)
-    data = source.load(("train", "val", "test"), values["pretrained"], values.get("device", "auto"))
-    with tempfile.TemporaryDirectory() as tmp:
-        outcome = retrain(values, data, seeds, Path(tmp))
-    outcome["chosen"]["model"] = outcome["chosen"]["model"].cpu()
-    return outcome
+def test_seeds(configs: list[TrainConfig], weights: list[bytes], source: NodeData, export: int) -> dict[str, Any]:
+    """Ray task: the chosen configuration's retrained models, each evaluated once on the test split; returns their
+    evaluations and model ``export`` (the best seed on validation) on the CPU, to export."""
+    from genre_sweep.model.train import model_for
+
+    worker_logging()
+    data = source.load(("test",))
+    tests, kept = [], None
+    for i, (config, trained) in enumerate(zip(configs, weights, strict=True)):
+        model = model_for(config, data)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / TRAINABLE).write_bytes(trained)
+            load_trainable(Path(tmp), model)
+        device = resolve_device(config.device)
+        tests.append(
+            evaluate_split(model.to(device), data.split("test"), list(data.genres), config.eval_batch_size, device)
+        )
+        log.info("test, seed %d: clip accuracy %.3f", config.seed, tests[-1]["clip_acc"])
+        if i == export:
+            kept = model.cpu()
+    return {"tests": tests, "model": kept}
+
+
+def confirm(
+    cfg: RetrainConfig, record: SweepRecord, candidates: list[Candidate], source: NodeData
+) -> tuple[Confirmation, dict[tuple[str, int], bytes]]:
+    """Retrain each candidate with each seed (Ray tasks, as many at once as the cluster holds); the confirmation and
+    each retrain's weights by (trial, seed)."""
+    seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
+    task = ray.remote(retrain_seed).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
+    configs = {(c.trial, s): record.train_config(cfg, **c.params, seed=s) for c in candidates for s in seeds}
+    log.info(
+        "confirmation: the search's top %d configurations (%s) x %d seeds = %d retrains",
+        len(candidates),
+        ", ".join(c.trial for c in candidates),
+        len(seeds),
+        len(configs),
+    )
+    began = time.monotonic()
+    pending = {task.remote(config, source): key for key, config in configs.items()}
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    while pending:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(ref)
+        runs[key] = ray.get(ref)
+        log.info(
+            "confirmation: trial %s, seed %d: best epoch %d, %s %.4f (%d of %d retrains done)",
+            *key,
+            runs[key]["best_epoch"],
+            cfg.metric,
+            runs[key]["val"][cfg.metric],
+            len(runs),
+            len(configs),
+        )
+    confirmation = Confirmation(
+        metric=cfg.metric,
+        mode=cfg.direction,
+        candidates=candidates,
+        runs=[
+            Run(trial, seed, out["best_epoch"], out["val"], trained_config(configs[trial, seed]))
+            for (trial, seed), out in sorted(runs.items(), key=lambda kv: (candidates_index(candidates, kv[0]), kv[0]))
+        ],
+        val_clips=next(iter(runs.values()))["val_clips"],
+        seconds=time.monotonic() - began,
+    )
+    return confirmation, {key: out["weights"] for key, out in runs.items()}
+
+
+def candidates_index(candidates: list[Candidate], key: tuple[str, int]) -> int:
+    return next(i for i, c in enumerate(candidates) if c.trial == key[0])
+
+
+def trained_config(config: TrainConfig) -> dict[str, Any]:
+    """A retrain's complete config as the report records it: every field but the run's own place."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in WHERE}
+
+
+def test_chosen(
+    cfg: RetrainConfig,
+    record: SweepRecord,
+    confirmation: Confirmation,
+    weights: dict[tuple[str, int], bytes],
+    source: NodeData,
+) -> dict[str, Any]:
+    """Evaluate the chosen configuration's retrains, and only theirs, on the test split: per-seed and mean ± std
+    figures, the exported seed (the best on validation) and its model and evaluation."""
+    chosen = confirmation.chosen
+    runs = confirmation.runs_of(chosen.trial)
+    sign = 1.0 if confirmation.mode == "max" else -1.0
+    export = max(range(len(runs)), key=lambda i: (sign * runs[i].val[cfg.metric], -i))
+    configs = [record.train_config(cfg, **chosen.params, seed=r.seed) for r in runs]
+    task = ray.remote(test_seeds).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
+    out = ray.get(task.remote(configs, [weights[chosen.trial, r.seed] for r in runs], source, export))
+    tests = out["tests"]
+
+    def stats(key: str) -> tuple[float, float]:
+        values = [t[key] for t in tests]
+        return statistics.fmean(values), statistics.pstdev(values)
+
+    (clip, clip_sd), (window, window_sd), (f1, f1_sd) = stats("clip_acc"), stats("window_acc"), stats("clip_macro_f1")
+    return {
+        "trial": chosen.trial,
+        "seeds": [r.seed for r in runs],
+        "per_seed": [
+            {
+                "seed": r.seed,
+                "best_epoch": r.best_epoch,
+                **r.val,
+                "test_clip_acc": t["clip_acc"],
+                "test_window_acc": t["window_acc"],
+                "test_clip_macro_f1": t["clip_macro_f1"],
+            }
+            for r, t in zip(runs, tests, strict=True)
+        ],
+        "test_clips": tests[export]["clips"],
+        "test_windows": tests[export]["windows"],
+        "test_clip_acc_mean": clip,
+        "test_clip_acc_std": clip_sd,
+        "test_window_acc_mean": window,
+        "test_window_acc_std": window_sd,
+        "test_clip_macro_f1_mean": f1,
+        "test_clip_macro_f1_std": f1_sd,
+        "exported_seed": runs[export].seed,
+        "exported_test": tests[export],
+        "model": out["model"],
+    }
 
 
 def load_results(cfg: RetrainConfig) -> tune.ResultGrid:
@@ -114,78 +241,52 @@ def load_results(cfg: RetrainConfig) -> tune.ResultGrid:
     return tune.Tuner.restore(path, trainable=run_trial, storage_filesystem=fs).get_results()
 
 
-def best_trial(cfg: RetrainConfig, results: tune.ResultGrid) -> BestTrial:
-    """The trial with the best epoch of all by ``cfg.metric``, and that epoch; SweepError when no trial has one."""
-    scored = [
-        r
-        for r in results
-        if r.metrics_dataframe is not None
-        and cfg.metric in r.metrics_dataframe
-        and r.metrics_dataframe[cfg.metric].notna().any()
-    ]
-    if not scored:
-        failed = [r for r in results if r.error is not None]
-        why = ""
-        if failed:
-            error = failed[0].error  # Ray's wrapper: the trial's own error is its cause
-            cause = user_error(error) or getattr(error, "cause", error)
-            why = f"; the first error: {one_line(cause)} (in {failed[0].path})"
-        raise SweepError(
-            f"no trial of {cfg.root} reported a {cfg.metric} to retrain from ({len(failed)} of {len(results)} "
-            f"trials failed{why})"
-        )
-    best = results.get_best_result(metric=cfg.metric, mode="max", scope="all", filter_nan_and_inf=True)
-    df = best.metrics_dataframe
-    row = df.loc[df[cfg.metric].idxmax()]
-    return BestTrial(
-        path=best.path,
-        config=dict(best.config),
-        epoch=int(row["training_iteration"]),
-        metric=cfg.metric,
-        value=float(row[cfg.metric]),
-    )
-
-
-def retrain_and_report(cfg: RetrainConfig, results: tune.ResultGrid) -> dict[str, Any]:
-    """After a sweep: retrain the best configuration on a trial's resources, then write the report."""
-    best = best_trial(cfg, results)
-    values = {
-        "shards": cfg.shards,
-        "pretrained": cfg.pretrained,
-        "device": cfg.device,
-        "s3_endpoint": cfg.s3_endpoint,
-        "s3_region": cfg.s3_region,
-        **load_space(cfg.space).fixed,
-        **best.config,
-    }
-    # the manifest only, for the report (the retrain's node maps the data itself); before_sweep checked it
-    dataset = open_dataset(cfg.shards, cfg.options)
-    task = ray.remote(retrain_on_a_trial_node).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
-    seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
-    start = int(values.get("encoder_min_layer_to_update", TrainConfig.encoder_min_layer_to_update))
-    start = cache_start(cfg, start, ("train", "val", "test"))
-    source = NodeData(cfg.shards, cfg.options, cfg.node_store, start, cfg.node_disk_gb)
-    outcome = ray.get(task.remote(values, source, seeds))
-    chosen = outcome.pop("chosen")  # the best-on-validation seed: its model and test evaluation
-    write_report(cfg, results, best, values, outcome, chosen, dataset)
+def retrain_and_report(
+    cfg: RetrainConfig, record: SweepRecord, results: tune.ResultGrid, source: NodeData
+) -> dict[str, Any]:
+    """After a sweep: confirm its top configurations over seeds, test the chosen one, write the report."""
+    candidates = top_candidates(ranked_trials(cfg, results), cfg.confirm_top)
+    confirmation, weights = confirm(cfg, record, candidates, source)
+    chosen = confirmation.chosen
     log.info(
-        "report written to %s/report: test clip accuracy %.4f ± %.4f over %d seeds",
-        cfg.root,
-        outcome["test_clip_acc_mean"],
-        outcome["test_clip_acc_std"],
-        len(outcome["seeds"]),
+        "confirmation done in %.1f s: chosen trial %s, mean %s %.4f over %d seeds. %s",
+        confirmation.seconds,
+        chosen.trial,
+        cfg.metric,
+        confirmation.mean(chosen.trial),
+        cfg.retrain_seeds,
+        confirmation.verdict(),
     )
+    tested = test_chosen(cfg, record, confirmation, weights, source)
+    dataset = open_dataset(cfg.shards, cfg.options)  # the manifest only, for the report; before_sweep checked it
+    write_report(cfg, record, results, confirmation, tested, dataset, failures(results))
     print(
-        f"test clip accuracy {outcome['test_clip_acc_mean']:.4f} ± {outcome['test_clip_acc_std']:.4f} "
-        f"({len(outcome['seeds'])} seeds); report: {cfg.root}/report/summary.md"
+        f"chosen: trial {chosen.trial} (of {len(candidates)} confirmed over {cfg.retrain_seeds} seeds); test clip "
+        f"accuracy {tested['test_clip_acc_mean']:.4f} ± {tested['test_clip_acc_std']:.4f}; report: "
+        f"{cfg.root}/report/summary.md"
     )
-    return outcome
+    return tested
+
+
+def failed_trials_exit(cfg: RetrainConfig, results: tune.ResultGrid) -> int:
+    """The sweep's exit code: 1, with one line giving how many trials failed and the first reason, when any did;
+    else 0."""
+    failed = failures(results)
+    if not failed:
+        return 0
+    name, reason = failed[0]
+    print(
+        f"sweep: {len(failed)} of {len(results)} trials failed; the first, trial {name}: {reason} (each is listed "
+        f"with its reason in {cfg.root}/report/summary.md when the report is written)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def run(cfg: RetrainConfig) -> None:
-    cfg = dataclasses.replace(cfg, study_storage=before_sweep(cfg, "retrain", test_split=True))
+    cfg, record = before_sweep(cfg, "retrain", test_split=True)
     init_ray(cfg.ray_address)
-    retrain_and_report(cfg, load_results(cfg))
+    retrain_and_report(cfg, record, load_results(cfg), trial_source(cfg, record))
 
 
 main = job_main("retrain")

@@ -2,8 +2,10 @@
 
 - ``PruneAwareOptunaSearch``: a trial that ASHA stopped before its own epoch count is told to the
   Optuna study as PRUNED (with its per-epoch intermediate values), not as COMPLETE with a low-budget
-  score, which would mislead TPE; and a trial the study already holds as finished (told by a driver
-  killed before Tune's next snapshot) is never told again.
+  score, which would mislead TPE; a trial whose configuration cannot train is told FAIL once, with its
+  reason; a trial the study already holds as finished (told by a driver killed before Tune's next
+  snapshot) is never told again. Each study trial carries the trial's one name, its folder, and its
+  best and last epochs' values as user attributes.
 - ``PersistentASHA``: ASHA whose rungs (every trial's recorded score at every milestone) and
   trial-to-bracket assignment are written as JSON after each change and reloaded on resume; Tune does
   not save scheduler state on its own.
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -22,6 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 from genre_sweep.store import StoreError, StoreOptions, read_bytes, with_retries, write_to
 from genre_sweep.tune import internals
 from genre_sweep.tune.study import StudyBackup
+from genre_sweep.tune.trial import TRIAL_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +38,46 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
     A trial's planned epoch count is noted when it is suggested (``default_epochs`` when the space
     does not search it); a trial that ends, without error, before that count was stopped by the
-    scheduler and is told PRUNED. A complete trial is told its best epoch's value. The last epoch's
-    value (which Tune hands to ``on_trial_complete``, not ``on_trial_result``) is reported too.
+    scheduler and is told PRUNED. A complete trial is told its best epoch's value (best by the metric and
+    mode); a pruned one's value is its last epoch's (Optuna's rule), so both are user attributes too. The last
+    epoch's value (which Tune hands to ``on_trial_complete``, not ``on_trial_result``) is reported too.
     """
 
-    def __init__(self, *args: Any, default_epochs: int, backup: StudyBackup | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        default_epochs: int,
+        trials_root: str,
+        backup: StudyBackup | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self._default_epochs = default_epochs
+        self._trials_root = trials_root  # the sweep's folder: a trial's folder is <root>/<its name>
         self._backup = backup  # copies a SQLite study to the sweep's storage after each finished trial
         self._planned: dict[str, int] = {}
-        self._best: dict[str, float] = {}
+        self._best: dict[str, tuple[float, int]] = {}  # each trial's best epoch so far: (value, epoch)
         self._reported: dict[str, set[int]] = {}  # epochs already reported to each trial's Optuna trial
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what optuna-dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            internals.optuna_study(self).set_metric_names([self.metric])  # optuna-dashboard names the objective
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if config is not None:
             self._planned[trial_id] = int(config.get("num_train_epochs", self._default_epochs))
+            ot_trial = internals.optuna_trial(self, trial_id)
+            ot_trial.set_user_attr("trial", trial_id)  # the trial's name (sweep.trial_name) and its folder
+            ot_trial.set_user_attr("folder", f"{self._trials_root}/{trial_id}")
         return config
+
+    def _improves(self, trial_id: str, value: float) -> bool:
+        best = self._best.get(trial_id)
+        return best is None or (value > best[0] if self.mode == "max" else value < best[0])
+
+    def _note(self, trial_id: str, value: float, epoch: int) -> None:
+        if self._improves(trial_id, value):
+            self._best[trial_id] = (value, epoch)
 
     def told_before(self, trial_id: str) -> bool:
         """True when the study already holds this trial as finished: a driver told it, then was killed before
@@ -72,12 +100,12 @@ class PruneAwareOptunaSearch(OptunaSearch):
         return False
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self.told_before(trial_id):
+        if self.told_before(trial_id) or TRIAL_ERROR in result:
             return
         super().on_trial_result(trial_id, result)
         value = result.get(self.metric)
         if value is not None:
-            self._best[trial_id] = max(value, self._best.get(trial_id, value))
+            self._note(trial_id, value, result.get("training_iteration"))
             self._reported.setdefault(trial_id, set()).add(result.get("training_iteration"))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -86,6 +114,10 @@ class PruneAwareOptunaSearch(OptunaSearch):
         ot_trial, completed = internals.optuna_trial(self, trial_id), internals.completed_trials(self)
         if error or not result or ot_trial is None or trial_id in completed:
             super().on_trial_complete(trial_id, result, error)
+        elif TRIAL_ERROR in result:  # its configuration cannot train: FAIL, with why, once
+            ot_trial.set_user_attr("fail_reason", result[TRIAL_ERROR])
+            internals.optuna_study(self).tell(ot_trial, state=TrialState.FAIL)
+            completed.add(trial_id)
         else:
             self._tell(trial_id, result, ot_trial)
             completed.add(trial_id)
@@ -96,12 +128,19 @@ class PruneAwareOptunaSearch(OptunaSearch):
         done, value = result.get("training_iteration", 0), result.get(self.metric)
         if value is not None and done not in self._reported.get(trial_id, ()):
             ot_trial.report(value, done)  # the last epoch, where Tune passed it here and not to on_trial_result
-            self._best[trial_id] = max(value, self._best.get(trial_id, value))
+            self._note(trial_id, value, done)
+        best = self._best.get(trial_id)
+        if best is not None:
+            ot_trial.set_user_attr("best_value", best[0])
+            ot_trial.set_user_attr("best_epoch", best[1])
+        if value is not None:
+            ot_trial.set_user_attr("last_value", value)
+            ot_trial.set_user_attr("last_epoch", done)
         study = internals.optuna_study(self)
         if done < self._planned.get(trial_id, done):
-            study.tell(ot_trial, state=TrialState.PRUNED)
+            study.tell(ot_trial, state=TrialState.PRUNED)  # Optuna makes the last epoch's value its value
         else:  # a trial's score is its best epoch, the one training keeps
-            study.tell(ot_trial, self._best.get(trial_id))
+            study.tell(ot_trial, None if best is None else best[0])
 
 
 class PersistentASHA(ASHAScheduler):
@@ -171,10 +210,15 @@ class PersistentASHA(ASHAScheduler):
         self._save()
 
     def on_trial_result(self, tune_controller, trial, result):
+        if TRIAL_ERROR in result:  # a configuration that cannot train: it stops, and its NaN is never recorded
+            return self.STOP
         decision = super().on_trial_result(tune_controller, trial, result)
         self._save()
         return decision
 
     def on_trial_complete(self, tune_controller, trial, result) -> None:
-        super().on_trial_complete(tune_controller, trial, result)
+        if TRIAL_ERROR in result:
+            internals.trial_brackets(self).pop(trial.trial_id, None)
+        else:
+            super().on_trial_complete(tune_controller, trial, result)
         self._save()

@@ -8,6 +8,7 @@ held constant in every trial, e.g. ``gradient_accumulation_steps: 1``).
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import optuna.distributions as od
@@ -51,6 +52,46 @@ class SearchSpace:
     def lowest_adapted_layer(self) -> int:
         """Where a frozen-prefix cache must end: below every trial's lowest DoRA layer."""
         return int(self.extreme("encoder_min_layer_to_update", min))
+
+    def as_record(self) -> dict[str, Any]:
+        """The space as the sweep record holds it: each range as Optuna's JSON, the fixed values as typed."""
+        return {
+            "params": {name: json.loads(od.distribution_to_json(d)) for name, d in self.distributions().items()},
+            "specs": self.params,
+            "fixed": self.fixed,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SearchSpace:
+        return cls(dict(record["specs"]), dict(record["fixed"]))
+
+    def differences(self, other: SearchSpace) -> list[tuple[str, str, str]]:
+        """Each setting whose range or fixed value differs between this space and ``other``, as (``searched name`` or
+        ``fixed name``, this one's, the other's), ranges compared as Optuna reads them (``1e-3`` is ``0.001``)."""
+        mine, theirs = self.as_record(), other.as_record()
+        out = []
+        for section in ("params", "fixed"):
+            for name in sorted(set(mine[section]) | set(theirs[section])):
+                a, b = mine[section].get(name, ABSENT), theirs[section].get(name, ABSENT)
+                if a != b:
+                    kind = "searched" if section == "params" else "fixed"
+                    out.append((f"{kind} {name}", _shown(a), _shown(b)))
+        return out
+
+
+ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    """A recorded range or value, short: ``float [0.001, 0.01] log``, ``categorical [8, 16]``, ``4``."""
+    if value is ABSENT:
+        return "absent"
+    if isinstance(value, dict) and "attributes" in value:
+        kind, attrs = value.get("name", "").replace("Distribution", "").lower(), value["attributes"]
+        if "choices" in attrs:
+            return f"{kind} {list(attrs['choices'])}"
+        return f"{kind} [{attrs['low']}, {attrs['high']}]{' log' if attrs.get('log') else ''}"
+    return repr(value)
 
 
 def _distribution(name: str, spec: dict[str, Any]) -> od.BaseDistribution:
@@ -109,4 +150,22 @@ def load_space(path: str | None) -> SearchSpace:
         )
     space = SearchSpace(params, fixed)
     space.distributions()  # validates every range
+    try:
+        for name, spec in params.items():
+            check_values(name, spec, fixed)
+    except ConfigError as e:
+        raise ConfigError(f"--space {path}: {e}" if path else str(e)) from e
     return space
+
+
+def check_values(name: str, spec: dict[str, Any], fixed: dict[str, Any]) -> None:
+    """Every bound and every choice of searched ``name`` goes through the rules its training flag does (with the
+    fixed values beside it), so a range no trial could train is one line before Ray starts, not a failed trial."""
+    kind = spec["type"]
+    values = [("choice", v) for v in spec["choices"]] if kind == "categorical" else [("low", spec["low"])]
+    values += [("high", spec["high"])] if kind != "categorical" else []
+    for which, value in values:
+        try:
+            resolve(TrainConfig, {"shards": "-", "out": "-", **fixed, name: value})
+        except ConfigError as e:
+            raise ConfigError(f"search space {name}: {which} {value!r}: {e}") from e

@@ -1,4 +1,4 @@
-"""The sweep's Optuna study and the marker of the sweep's folder: where they live and how they survive.
+"""The sweep's Optuna study: where it lives and how it survives.
 
 - **The study** is an RDB storage. The default is SQLite: beside the results with local storage (so it
   lives and dies with them), or on the driver's disk with S3 storage, where it would die with the head
@@ -6,29 +6,24 @@
   ``<storage>/<name>-optuna.db`` after every trial the study records as finished, and restored from
   there by ``--resume`` and ``retrain`` when the driver's copy is missing (a new head, another machine).
   A server URL (PostgreSQL) given with ``--study-storage`` needs no copy.
-- **The marker** ``<storage>/<name>/genre-sweep.json`` is written when a sweep starts. ``--resume`` and
-  ``retrain`` unpickle Tune's state from that folder, and refuse a folder without it. It names the
-  study the sweep used, so a resume from another working directory finds the same study.
+- **The sweep record** (``tune.record``) names the study the sweep used, so a resume from another working
+  directory finds the same study.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
-import json
 import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from genre_sweep import __version__
-from genre_sweep.store import StoreError, StoreOptions, is_s3, join, read_bytes, with_retries, write_to
+from genre_sweep.store import StoreError, StoreOptions, is_s3, read_bytes, with_retries, write_to
 from genre_sweep.tune.configs import RetrainConfig, SweepError
 
 log = logging.getLogger(__name__)
@@ -108,44 +103,11 @@ def close_interrupted(name: str, url: str) -> None:
         log.warning("study trial %d was interrupted (the sweep's driver stopped mid-trial): marked failed", t.number)
 
 
-def write_marker(cfg: RetrainConfig, study_url: str) -> None:
-    """Mark ``cfg.root`` as a sweep of ours, naming its study (a password in the URL is not written)."""
-    marker = {
-        "written_by": "genre-sweep sweep",
-        "version": __version__,
-        "name": cfg.name,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "study_url": sqlalchemy.engine.make_url(study_url).render_as_string(hide_password=True),
-    }
-    try:
-        write_to(join(cfg.root, MARKER), json.dumps(marker, indent=2).encode(), cfg.options)
-    except OSError as e:
-        raise StoreError(f"cannot write to the sweep's storage {cfg.root}: {e}") from e
-
-
-def read_marker(cfg: RetrainConfig, action: str) -> dict[str, Any]:
-    """The marker of ``cfg.root``; SweepError when the folder is not a sweep this project wrote."""
-    try:
-        marker = json.loads(read_bytes(join(cfg.root, MARKER), cfg.options))
-        if marker.get("written_by") != "genre-sweep sweep":
-            raise ValueError("another writer")
-    except FileNotFoundError:
-        raise SweepError(
-            f"{action}: {cfg.root} was not written by `genre-sweep sweep` (no {MARKER}); its Tune state is "
-            "unpickled on resume and retrain, so only our own sweep folders are opened"
-        ) from None
-    except (ValueError, TypeError) as e:
-        raise SweepError(f"{action}: {cfg.root}/{MARKER} is not a genre-sweep marker ({e})") from e
-    except OSError as e:
-        raise StoreError(f"{action}: cannot read {cfg.root}/{MARKER}: {e}") from e
-    return marker
-
-
-def resumed_study_url(cfg: RetrainConfig, marker: dict[str, Any]) -> str:
-    """The study a resumed or retrained sweep uses: the one its marker names (where Tune's pickled searcher will
+def resumed_study_url(cfg: RetrainConfig, recorded_url: str) -> str:
+    """The study a resumed or retrained sweep uses: the one its record names (where Tune's pickled searcher will
     reconnect), unless ``--study-storage`` names another; restored from the storage's copy when missing."""
-    url = cfg.study_storage or marker.get("study_url") or cfg.study_url()
-    if "***" in url:  # a password was hidden in the marker: the flag must give it
+    url = cfg.study_storage or recorded_url or cfg.study_url()
+    if "***" in url:  # a password was hidden in the record: the flag must give it
         url = cfg.study_url()
     backup = study_backup(cfg, url)
     if backup is not None:

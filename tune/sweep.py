@@ -11,7 +11,6 @@ watch it; ``--resume`` finishes an interrupted sweep with its trials and ASHA st
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import sys
@@ -30,12 +29,12 @@ from genre_sweep.store import filesystem
 from genre_sweep.tune import internals
 from genre_sweep.tune.capacity import Capacity, cluster_capacity
 from genre_sweep.tune.configs import SweepConfig, SweepError
-from genre_sweep.tune.preflight import before_sweep, cache_start
+from genre_sweep.tune.preflight import before_sweep
 from genre_sweep.tune.progress import SweepProgress
-from genre_sweep.tune.retrain import retrain_and_report
+from genre_sweep.tune.record import SweepRecord, write_record
+from genre_sweep.tune.retrain import failed_trials_exit, retrain_and_report, trial_source
 from genre_sweep.tune.search import PersistentASHA, PruneAwareOptunaSearch
-from genre_sweep.tune.space import load_space
-from genre_sweep.tune.study import close_interrupted, open_storage, study_backup, write_marker
+from genre_sweep.tune.study import close_interrupted, open_storage, study_backup
 from genre_sweep.tune.trial import run_trial
 
 log = logging.getLogger(__name__)
@@ -73,16 +72,20 @@ def capacity_requested(capacity: Capacity, trials: int, cpus: float, gpus: float
         request_resources(bundles=[])
 
 
-def build_tuner(
-    cfg: SweepConfig, source: NodeData, base: dict[str, Any], at_once: int
-) -> tuple[tune.Tuner, PersistentASHA]:
-    """The Tuner (new, or restored with ``--resume``) and the ASHA scheduler it uses; ``cfg.study_storage`` is set
-    (``before_sweep``)."""
-    space = load_space(cfg.space)
+def trial_name(trial: Any) -> str:
+    """A trial's one name (Tune's trial id, e.g. ``5f3a2_00003``): in the progress lines, its folder (so the TensorBoard
+    run), trials.csv, the report and the study's user attributes."""
+    return trial.trial_id
+
+
+def build_tuner(cfg: SweepConfig, record: SweepRecord, source: NodeData, at_once: int) -> tune.Tuner:
+    """The Tuner (new, or restored with ``--resume``) with its ASHA scheduler; ``cfg`` is resolved against
+    ``record`` (``before_sweep``), whose template every trial starts from."""
+    space = record.search_space
     fs, storage_path = filesystem(cfg.storage, cfg.options)  # with a filesystem given, Tune wants bucket/key paths
     experiment_path = storage_path + "/" + cfg.name
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=source, base={**base, **space.fixed}),
+        tune.with_parameters(run_trial, data=source, template=record.train_config(cfg)),
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial},
     )
     scheduler = PersistentASHA(
@@ -92,25 +95,26 @@ def build_tuner(
         time_attr="training_iteration",
         grace_period=cfg.grace_period,
         reduction_factor=cfg.reduction_factor,
-        max_t=cfg.max_t or space.max_epochs(),
+        max_t=cfg.max_t,
         # metric and mode come from TuneConfig (restored with the Tuner), so Tune's table and ResultGrid know them
     )
-    if cfg.resume:  # before_sweep checked that it is there, and ours
+    if cfg.resume:  # before_sweep checked that it is there, and ours, and that cfg agrees with its record
         scheduler.restore_state()
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
         internals.set_restored_scheduler(tuner, scheduler)  # Tune does not save the scheduler itself
-        return tuner, scheduler
+        return tuner
     url = cfg.study_url()
-    write_marker(cfg, url)
+    write_record(cfg, record)
     searcher = PruneAwareOptunaSearch(
         space=space.distributions(),
         metric=cfg.metric,
-        mode="max",
+        mode=cfg.direction,
         sampler=optuna.samplers.TPESampler(seed=cfg.seed),
         storage=open_storage(url),
         backup=study_backup(cfg, url),  # with S3 storage, the SQLite study is copied there after each trial
         study_name=cfg.name,
         default_epochs=space.max_epochs(),  # a trial's epochs when the space does not search them
+        trials_root=cfg.root,
     )
     tuner = tune.Tuner(
         trainable,
@@ -118,11 +122,13 @@ def build_tuner(
             search_alg=searcher,
             scheduler=scheduler,
             metric=cfg.metric,
-            mode="max",
+            mode=cfg.direction,
             num_samples=cfg.trials,
             max_concurrent_trials=at_once,
             # a trial's actor runs the next trial: no new process, no imports, the checkpoint already in memory
             reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
             name=cfg.name,
@@ -131,14 +137,14 @@ def build_tuner(
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             # each trial keeps its best epochs by the metric (and always its latest, to resume from)
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=cfg.metric, checkpoint_score_order="max"
+                num_to_keep=2, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.direction
             ),
             # a line per trial start and end with the best so far, instead of Tune's boxes (see tune/progress.py)
-            callbacks=[SweepProgress(cfg.metric, cfg.trials, space.max_epochs())],
+            callbacks=[SweepProgress(cfg.metric, cfg.direction, cfg.trials, space.max_epochs())],
             verbose=0,
         ),
     )
-    return tuner, scheduler
+    return tuner
 
 
 def _device_facts(device: str) -> dict[str, Any]:
@@ -153,43 +159,33 @@ def check_trial_device(cfg: SweepConfig) -> None:
     log.info("trials run on: %s", ray.get(task.remote(cfg.device)))
 
 
-def checked(cfg: SweepConfig) -> SweepConfig:
-    """``cfg`` once the inputs passed ``before_sweep``, with the study it is to use."""
-    url = before_sweep(cfg, "--resume" if cfg.resume else None, test_split=cfg.retrain)
-    return dataclasses.replace(cfg, study_storage=url)
+def checked(cfg: SweepConfig) -> tuple[SweepConfig, SweepRecord]:
+    """``cfg`` once the inputs passed ``before_sweep``, resolved (against its record on ``--resume``), with the
+    study it is to use; and the sweep record."""
+    return before_sweep(cfg, "--resume" if cfg.resume else None, test_split=cfg.retrain)
 
 
 def run_sweep(cfg: SweepConfig) -> tune.ResultGrid:
     """Check the inputs, then run (or resume) the sweep; returns Tune's ResultGrid."""
-    return run_checked(checked(cfg))
+    return run_checked(*checked(cfg))
 
 
-def run_checked(cfg: SweepConfig) -> tune.ResultGrid:
+def run_checked(cfg: SweepConfig, record: SweepRecord) -> tune.ResultGrid:
     init_ray(cfg.ray_address)
     capacity, at_once = plan(cfg)
     with capacity_requested(capacity, at_once, cfg.cpus_per_trial, cfg.gpus_per_trial):
-        return _sweep(cfg, at_once)
+        return _sweep(cfg, record, at_once)
 
 
-def _sweep(cfg: SweepConfig, at_once: int) -> tune.ResultGrid:
+def _sweep(cfg: SweepConfig, record: SweepRecord, at_once: int) -> tune.ResultGrid:
     # Tune snapshots its experiment state whenever a trial has checkpointed num_to_keep times, i.e. every
     # other epoch here, and warns about it every few seconds; the snapshots are small and wanted, the warning not.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if cfg.gpus_per_trial:
         check_trial_device(cfg)
-    base = {
-        "shards": cfg.shards,
-        "pretrained": cfg.pretrained,
-        "seed": cfg.seed,
-        "device": cfg.device,  # auto: each trial takes CUDA where Ray gave it a GPU, and fails if it can't
-        "s3_endpoint": cfg.s3_endpoint,
-        "s3_region": cfg.s3_region,
-    }
     # The driver holds no data: each node maps the dataset, and the frozen-prefix cache its first trial
     # builds, from its own store (model.node_store).
-    start = cache_start(cfg, load_space(cfg.space).lowest_adapted_layer(), ("train", "val"))
-    source = NodeData(cfg.shards, cfg.options, cfg.node_store, start, cfg.node_disk_gb)
-    tuner, _ = build_tuner(cfg, source, base, at_once)
+    tuner = build_tuner(cfg, record, trial_source(cfg, record), at_once)
     log.info(
         "sweep %s: %d trials, study %s; watch with `optuna-dashboard %s`",
         cfg.root,
@@ -205,11 +201,12 @@ def _sweep(cfg: SweepConfig, at_once: int) -> tune.ResultGrid:
     return results
 
 
-def run(cfg: SweepConfig) -> None:
-    cfg = checked(cfg)
-    results = run_checked(cfg)
+def run(cfg: SweepConfig) -> int:
+    cfg, record = checked(cfg)
+    results = run_checked(cfg, record)
     if cfg.retrain:
-        retrain_and_report(cfg, results)
+        retrain_and_report(cfg, record, results, trial_source(cfg, record))
+    return failed_trials_exit(cfg, results)
 
 
 main = job_main("sweep")

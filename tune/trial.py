@@ -1,7 +1,10 @@
-"""One Tune trial: ``train()`` with the trial's configuration, reporting each epoch with its checkpoint."""
+"""One Tune trial: ``train()`` with the sweep's trial template and the trial's searched values, reporting each
+epoch with its checkpoint."""
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import shutil
 import tempfile
@@ -9,32 +12,54 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genre_sweep.config import resolve
+from genre_sweep.config import replace_typed
+from genre_sweep.errors import GenreSweepError, one_line
 from genre_sweep.jobs import worker_logging
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.node_store import NodeData
-from genre_sweep.store import with_retries
+from genre_sweep.store import StoreError, with_retries
+
+log = logging.getLogger(__name__)
+
+# The key of the one result a trial reports when its configuration cannot train (see ``run_trial``).
+TRIAL_ERROR = "trial_error"
 
 
-def run_trial(config: dict[str, Any], data: NodeData, base: dict[str, Any]) -> None:
-    """Tune's trainable: ``base`` settings plus the sampled ``config``, on ``data`` mapped from this node's
-    store, with the frozen-prefix cache there when the sweep uses one (the node's first trial builds it).
+def run_trial(config: dict[str, Any], data: NodeData, template: TrainConfig) -> None:
+    """Tune's trainable: the sweep's ``template`` with the searched values of ``config`` put in, trained on ``data``
+    mapped from this node's store, with the frozen-prefix cache there when the sweep uses one (the node's first
+    trial builds it).
 
     A retried or resumed trial continues from its last checkpoint. Every report carries the node id and process
     id, so placement is visible in the results, and whether the backbone came from the memory of the process's
     previous trial (Tune reuses a trial's actor for the next: ``reuse_actors``).
+
+    A failure of genre-sweep's own that another try cannot mend (a configuration the model refuses, a damaged
+    checkpoint: any ``GenreSweepError`` but a store outage) is not raised, which Tune would retry: the trial reports
+    it once as ``trial_error`` (with the metric as NaN, which the scheduler, the searcher and the report know) and
+    ends. Anything else (a killed process, a lost node, an outage) is raised and retried from the checkpoint.
     """
     started = time.perf_counter()  # per-trial overhead: from here to the first optimizer step (first_step_s)
     worker_logging()  # each epoch's line goes to the trial's stderr, which Ray forwards to the driver
+    from ray import tune
+
+    try:
+        train_trial(config, data, template, started)
+    except StoreError:
+        raise
+    except GenreSweepError as e:
+        reason = one_line(e)
+        log.warning("trial %s cannot train its configuration: %s", tune.get_context().get_trial_id(), reason)
+        tune.report({template.metric: math.nan, TRIAL_ERROR: reason})
+
+
+def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, started: float) -> None:
     import ray
     from ray import tune
 
-    from genre_sweep.model.train import model_for, train  # torch and transformers load in the trial's process
-
     release_previous_trial()
-
     out = Path(tempfile.mkdtemp(prefix="trial-", dir=os.getcwd()))
-    values = {**base, **config, "out": str(out)}
+    values = {**config, "out": str(out)}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         resume_dir = out / "resume-from"
@@ -47,13 +72,26 @@ def run_trial(config: dict[str, Any], data: NodeData, base: dict[str, Any]) -> N
         checkpoint = tune.Checkpoint.from_directory(str(ckpt))
         # Tune uploads the checkpoint inside report() before it records the result, so a report that failed
         # recorded nothing and is safe to repeat (the failed upload's partial folder stays unreferenced).
-        where = {"node_id": node_id, "pid": os.getpid(), "backbone_reused": model.backbone_reused}
+        where = {"node_id": node_id, "pid": os.getpid()}
         with_retries(lambda: tune.report({**metrics, **where}, checkpoint=checkpoint), "report an epoch")
 
-    cfg = resolve(TrainConfig, values)
+    train_on_node(replace_typed(template, values, "trial config: "), data, report, started)
+
+
+def train_on_node(cfg: TrainConfig, data: NodeData, report: Any = None, started: float | None = None) -> Any:
+    """``train(cfg)`` on ``data`` mapped from this node's store, with the node's frozen-prefix cache when ``data``
+    asks for one: what a trial and a confirmation's retrain both run. Each ``report`` also says whether the backbone
+    came from the memory of the process's previous run (``backbone_reused``). Returns the TrainResult."""
+    from genre_sweep.model.train import model_for, train  # torch and transformers load in the worker's process
+
     loaded = data.load(("train", "val"))
     model = model_for(cfg, loaded)  # built once: for the prefix cache's key (and its build), then trained
-    train(cfg, data.cached(loaded, model, cfg.device), report=report, started=started, model=model)
+
+    def reported(metrics: dict[str, Any], ckpt: Path) -> None:
+        report({**metrics, "backbone_reused": model.backbone_reused}, ckpt)
+
+    cached = data.cached(loaded, model, cfg.device)
+    return train(cfg, cached, report=reported if report else None, started=started, model=model)
 
 
 def release_previous_trial() -> None:

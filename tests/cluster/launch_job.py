@@ -56,7 +56,7 @@ cfg = resolve(
         "python": sys.executable,
         "study_storage": f"sqlite:///{bucket}/study.db",
         "prepare_args": "--genres blues,metal --frames 256 --effects echo --split 0.5,0.25,0.25",
-        "sweep_args": f"--space {space} --retrain-seeds 1",
+        "sweep_args": f"--space {space} --retrain-seeds 1 --confirm-top 1",
     },
 )
 for attempt in range(30):  # the job server comes up shortly after the head

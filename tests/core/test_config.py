@@ -50,3 +50,29 @@ def test_a_split_without_validation_tracks_is_refused_before_any_work():
     with pytest.raises(ConfigError, match=r"train and val > 0 .* got \(0\.9, 0\.0, 0\.1\)"):
         resolve(PrepareConfig, {"source": "/a", "out": "/b", "split": "0.9,0,0.1"})
     assert resolve(PrepareConfig, {"source": "/a", "out": "/b", "split": "0.5,0.5,0"}).split == (0.5, 0.5, 0.0)
+
+
+def test_a_recorded_setting_is_unset_until_given_and_a_new_sweep_takes_its_default():
+    from genre_sweep.config import build_parser, new_defaults
+    from genre_sweep.tune.configs import SweepConfig
+
+    cfg = resolve(SweepConfig, {"shards": "/a", "storage": "/b", "grace_period": "2"})
+    assert (cfg.metric, cfg.seed, cfg.pretrained, cfg.grace_period) == (None, None, None, 2)  # left out: unset
+    new = new_defaults(cfg)
+    assert (new.metric, new.seed, new.pretrained, new.grace_period, new.mode) == ("val_clip_acc", 0, "small", 2, None)
+    text = build_parser(SweepConfig, "sweep", "").format_help()
+    assert "(default: val_clip_acc; a resumed sweep and retrain take the sweep record's)" in " ".join(text.split())
+
+
+def test_a_typed_replace_types_and_validates_each_value_as_a_flag():
+    from genre_sweep.config import replace_typed
+    from genre_sweep.model.configs import TrainConfig
+
+    cfg = resolve(TrainConfig, {"shards": "/a", "out": "/b"})
+    new = replace_typed(cfg, {"batch_size": "8", "learning_rate": 1, "compile": False})
+    assert (new.batch_size, new.learning_rate, new.compile) == (8, 1.0, "off")
+    assert isinstance(new.learning_rate, float) and new.out == "/b"
+    with pytest.raises(ConfigError, match="trial: batch_size must be >= 1, got 0"):
+        replace_typed(cfg, {"batch_size": 0}, "trial: ")
+    with pytest.raises(ConfigError, match="trial: unknown config field 'colour'"):
+        replace_typed(cfg, {"colour": 1}, "trial: ")

@@ -30,14 +30,14 @@ def test_train_with_every_default_learns_a_new_five_genre_corpus_within_four_epo
     assert cfg.pretrained == "small"
     seen: list[dict] = []
 
-    def after_four(metrics, ckpt):
+    def after_four(metrics, ckpt):  # stops at epoch 4, or once the bar is reached (the rest would not change it)
         seen.append(metrics)
-        if metrics["epoch"] == 4:
+        if metrics["epoch"] == 4 or metrics["val_clip_acc"] >= 0.8:
             raise Stop
 
     try:
         train(cfg, load_data(str(shards), splits=("train", "val")), report=after_four)
     except Stop:
         pass
-    assert len(seen) == 4
+    assert len(seen) <= 4
     assert max(m["val_clip_acc"] for m in seen) >= 0.8, [round(m["val_clip_acc"], 3) for m in seen]

@@ -217,3 +217,26 @@ def test_train_with_compile_goes_on_eagerly_when_compiling_fails(small_shards, t
     assert done.returncode == 0, done.stderr[-3000:]
     assert "torch.compile failed, training eagerly from now on" in done.stderr
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_the_metric_and_its_mode_pick_the_best_epoch_whose_weights_are_kept(small_shards, small_data, tmp_path):
+    from genre_sweep.model.train import validation_metrics
+
+    # a learning rate high enough that the validation loss turns up again: its best epoch is not the last
+    cfg = quick_config(small_shards, tmp_path / "run", num_train_epochs="5", learning_rate="3e-2", metric="val_loss")
+    result = train(cfg, small_data)
+    losses = [m["val_loss"] for m in result.history]
+    assert result.best_epoch == 1 + losses.index(min(losses)) < 5
+    logits = predict_logits(result.model, small_data.split("val"), 64, CPU)
+    assert validation_metrics(logits, small_data.split("val"))["val_loss"] == pytest.approx(min(losses), abs=1e-5)
+
+
+def test_the_better_epoch_is_judged_by_the_metric_in_its_direction_ties_by_the_other():
+    from genre_sweep.model.train import better
+
+    a, b = {"val_clip_acc": 0.8, "val_loss": 0.9}, {"val_clip_acc": 0.7, "val_loss": 0.5}
+    assert better(a, b, "val_clip_acc", "max") and better(b, a, "val_loss", "min")
+    assert better(a, b, "val_loss", "max")  # a mode that inverts the metric is obeyed
+    tie = {"val_clip_acc": 0.8, "val_loss": 0.7}
+    assert better(tie, a, "val_clip_acc", "max") and not better(a, tie, "val_clip_acc", "max")
+    assert not better(dict(a), a, "val_clip_acc", "max")  # an equal later epoch does not replace the earlier

@@ -61,6 +61,7 @@ def test_a_trial_a_killed_driver_already_told_the_study_is_not_told_again(tmp_pa
             storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"),
             study_name="s",
             default_epochs=2,
+            trials_root=str(tmp_path / "s"),
         )
 
     first = searcher()

@@ -1,6 +1,8 @@
 """Small sweeps on real local Ray with the tiny model: search, pruning, study, retrain, report."""
 
+import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -10,10 +12,11 @@ import optuna
 import pytest
 
 from genre_sweep.config import resolve
-from genre_sweep.model.data import load_data
+from genre_sweep.model.configs import TrainConfig
+from genre_sweep.model.node_store import NodeData
 from genre_sweep.tune.configs import SweepConfig, SweepError
-from genre_sweep.tune.report import wilson
-from genre_sweep.tune.retrain import load_results, retrain
+from genre_sweep.tune.confirm import wilson
+from genre_sweep.tune.retrain import load_results, retrain_seed
 from genre_sweep.tune.sweep import main as sweep_main
 from genre_sweep.tune.sweep import run_sweep
 
@@ -37,27 +40,30 @@ def sweep_args(shards, storage, name: str, space, trials: int, *more: str) -> li
     ]
 
 
-def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(
-    sweep_shards, quick_space, tmp_path, capsys, monkeypatch
+def test_a_small_sweep_prunes_confirms_its_top_two_over_seeds_and_names_each_trial_once(
+    sweep_shards, quick_space, tmp_path, capsys, caplog, monkeypatch
 ):
     storage = tmp_path / "sweeps"
     monkeypatch.chdir(tmp_path)  # the shards given relative to here, as `make demo` gives them
     shards = os.path.relpath(sweep_shards, tmp_path)
-    code = sweep_main(
-        sweep_args(shards, storage, "s1", quick_space, 6, "--retrain-seeds", "2", "--max-concurrent-trials", "2")
-    )
+    args = sweep_args(shards, storage, "s1", quick_space, 6, "--retrain-seeds", "2", "--max-concurrent-trials", "2")
+    with caplog.at_level(logging.INFO, logger="genre_sweep"):
+        code = sweep_main([*args, "--confirm-top", "2"])
     assert code == 0
     assert list(Path(os.environ["GENRE_SWEEP_NODE_STORE"]).glob("dataset-*/index.json"))  # trials mapped a node store
     study = optuna.load_study(study_name="s1", storage=f"sqlite:///{storage / 's1' / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
     assert len(states) == 6 and "COMPLETE" in states
     assert "PRUNED" in states  # ASHA stopped some trials, and the study knows them as pruned
+    assert study.metric_names == ["val_clip_acc"]  # optuna-dashboard names the objective
     for t in study.trials:
+        best = max(t.intermediate_values.values())
+        assert t.user_attrs["best_value"] == best and t.user_attrs["last_epoch"] == len(t.intermediate_values)
         if t.state.name == "PRUNED":
             assert len(t.intermediate_values) < t.params["num_train_epochs"]
         else:
             assert len(t.intermediate_values) == t.params["num_train_epochs"]
-            assert t.value == max(t.intermediate_values.values())
+            assert t.value == best
     report = storage / "s1" / "report"
     for name in (
         "summary.md",
@@ -67,29 +73,64 @@ def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(
         "learning_curves.png",
         "confusion.png",
         "retrain.json",
+        "sweep_record.json",
         "model/model.safetensors",
     ):
         assert (report / name).exists(), name
-    best = json.loads((report / "best_config.json").read_text())
-    best_trial = max(
-        (t for t in study.trials if t.value is not None), key=lambda t: max(t.intermediate_values.values())
-    )
-    assert best["config"]["learning_rate"] == pytest.approx(best_trial.params["learning_rate"])
+
+    # The confirmation: the search's top two configurations by their best epoch, each retrained with both seeds from
+    # the record's template; the chosen one has the best mean; only its retrains were tested.
+    record = json.loads((storage / "s1" / "genre-sweep.json").read_text())
     retrained = json.loads((report / "retrain.json").read_text())
-    assert len(retrained["per_seed"]) == 2 and 0 <= retrained["test_clip_acc_mean"] <= 1
-    assert retrained["test_clips"] > 0 and 0 <= retrained["test_clip_macro_f1_mean"] <= 1
+    confirmation = retrained["confirmation"]
+    ranked = sorted(study.trials, key=lambda t: -max(t.intermediate_values.values()))
+    top = [ranked[0].user_attrs["trial"]]
+    top += [t.user_attrs["trial"] for t in ranked[1:] if t.params != ranked[0].params][:1]
+    candidates = [c["trial"] for c in confirmation["candidates"]]
+    assert candidates[0] == top[0] and len(candidates) == 2
+    assert [c["value"] for c in confirmation["candidates"]][0] == max(t.user_attrs["best_value"] for t in study.trials)
+    runs = confirmation["runs"]
+    assert sorted((r["trial"], r["seed"]) for r in runs) == sorted((c, s) for c in candidates for s in (0, 1))
+    means = {c: sum(r["val"]["val_clip_acc"] for r in runs if r["trial"] == c) / 2 for c in candidates}
+    chosen = confirmation["chosen"]
+    assert means[chosen] == max(means.values())
+    by_name = {t.user_attrs["trial"]: t for t in study.trials}
+    for r in runs:  # each retrain trained the record's template with the candidate's searched values and its seed
+        assert r["config"] == {**record["template"], **by_name[r["trial"]].params, "seed": r["seed"]}
+    assert [p["seed"] for p in retrained["per_seed"]] == [0, 1] and retrained["trial"] == chosen
+    assert 0 <= retrained["test_clip_acc_mean"] <= 1 and retrained["test_clips"] > 0
+    # test figures exist for the chosen configuration's two retrains alone: the candidates have validation ones only
+    assert all("test_clip_acc" in p for p in retrained["per_seed"]) and all("test" not in str(r) for r in runs)
+    best = json.loads((report / "best_config.json").read_text())
+    assert best["trial"] == chosen and best["params"] == by_name[chosen].params
+    assert best["config"] == {k: v for k, v in runs[0]["config"].items() if k != "seed"} | by_name[chosen].params
+
     summary = (report / "summary.md").read_text()
-    winner = Path(best["trial"]).name.split("_")
-    assert f"The winner is trial `{winner[2]}_{winner[3]}`" in summary  # the winning trial, named
+    assert f"The chosen configuration is trial `{chosen}`'s" in summary and "## Confirmation" in summary
+    assert "2 configurations x 2 seeds = 4 retrains in" in summary and "| **chosen** |" in summary
     assert f"on the test split ({retrained['test_clips']} clips" in summary and "95 % interval" in summary
     assert "clip macro-F1" in summary and "random by track" in summary and "artist" in summary
     assert f"genre-sweep predict SONGS --model {storage}/s1/report/model" in summary
+    assert f"--space {quick_space}" in summary  # the next sweep searches the same space
     assert 'pipeline("audio-classification"' in summary
-    assert len((report / "trials.csv").read_text().splitlines()) == 7
     assert "test clip accuracy" in capsys.readouterr().out
+
+    # One name per trial: the progress lines, trials.csv, the summary, the study and the trial's folder (TensorBoard)
+    rows = list(csv.DictReader((report / "trials.csv").open()))
+    assert len(rows) == 6 and {r["trial"] for r in rows} == set(by_name)
+    for row in rows:
+        t = study.trials[int(row["number"])]
+        assert float(row["best_value"]) == max(t.intermediate_values.values())
+        assert float(row["last_value"]) == t.intermediate_values[max(t.intermediate_values)]
+    started = [m.split()[1] for m in caplog.messages if m.startswith("trial ") and " started (" in m]
+    assert sorted(started) == sorted(by_name)
+    for name, t in by_name.items():
+        assert t.user_attrs["folder"] == f"{storage}/s1/{name}" and (storage / "s1" / name / "result.json").exists()
+    assert f"`{chosen}`" in summary
     assert_dashboards_can_read(storage / "s1", study)
+
     firsts = []
-    for result in (storage / "s1").glob("run_trial_*/result.json"):  # trials started from the frozen-prefix cache
+    for result in (storage / "s1").glob("*/result.json"):  # trials started from the frozen-prefix cache
         first = json.loads(result.read_text().splitlines()[0])
         assert first["prefix_cache"] is True and first["first_step_s"] > 0
         assert first["device"] == "cpu"  # each trial's first report says where it ran
@@ -101,13 +142,13 @@ def test_a_small_sweep_completes_prunes_and_writes_the_study_and_report(
     assert max(len(trials) for trials in by_process.values()) >= 2
     for trials in by_process.values():
         assert [t["backbone_reused"] for t in trials] == [False] + [True] * (len(trials) - 1)
-    # Tune kept the winner's best epoch (checkpoints are kept by the metric, not newest-first)
-    assert (Path(best["trial"]) / f"checkpoint_{best['epoch'] - 1:06d}").is_dir()
-    # and Tune's own results name the same best trial as the report, with no metric or mode to pass
+    # Tune kept the search's best trial's best epoch (checkpoints are kept by the metric, not newest-first)
+    assert (storage / "s1" / top[0] / f"checkpoint_{confirmation['candidates'][0]['epoch'] - 1:06d}").is_dir()
+    # and Tune's own results name the same best trial, with no metric or mode to pass
     cfg = resolve(
         SweepConfig, {"shards": str(sweep_shards), "storage": str(storage), "name": "s1", "pretrained": "tiny"}
     )
-    assert load_results(cfg).get_best_result(scope="all").path == best["trial"]
+    assert Path(load_results(cfg).get_best_result(scope="all").path).name == top[0]
 
 
 def assert_dashboards_can_read(sweep_dir, study) -> None:
@@ -117,7 +158,7 @@ def assert_dashboards_can_read(sweep_dir, study) -> None:
     import optuna_dashboard
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    trial_dirs = sorted(p for p in sweep_dir.iterdir() if p.name.startswith("run_trial_"))
+    trial_dirs = sorted(p.parent for p in sweep_dir.glob("*/result.json"))
     assert len(trial_dirs) == len(study.trials)
     epochs_logged = []
     for d in trial_dirs:
@@ -142,21 +183,23 @@ def test_a_trial_that_no_node_can_hold_fails_the_sweep_at_once(ray_local, sweep_
         run_sweep(cfg)
 
 
-def test_retrain_is_reproducible_from_its_seed(sweep_shards, tmp_path):
-    data = load_data(str(sweep_shards))
-    values = {
-        "shards": str(sweep_shards),
-        "pretrained": "tiny",
-        "device": "cpu",
-        "learning_rate": 3e-3,
-        "batch_size": 8,
-        "gradient_accumulation_steps": 1,
-        "num_train_epochs": 2,
-    }
-    a = retrain(values, data, [7], tmp_path / "a")
-    b = retrain(values, data, [7], tmp_path / "b")
-    assert a["per_seed"] == [{**b["per_seed"][0]}]
-    assert a["chosen"]["test"]["confusion"] == b["chosen"]["test"]["confusion"]
+def test_a_retrain_is_reproducible_from_its_seed(sweep_shards):
+    cfg = resolve(
+        TrainConfig,
+        {
+            "shards": str(sweep_shards),
+            "out": "-",
+            "pretrained": "tiny",
+            "device": "cpu",
+            "learning_rate": 3e-3,
+            "batch_size": 8,
+            "gradient_accumulation_steps": 1,
+            "num_train_epochs": 2,
+            "seed": 7,
+        },
+    )
+    a, b = retrain_seed(cfg, NodeData(cfg.shards)), retrain_seed(cfg, NodeData(cfg.shards))
+    assert a == b and a["best_epoch"] in (1, 2) and len(a["weights"]) > 0  # the same epochs, metrics and weights
 
 
 @pytest.mark.slow
@@ -225,50 +268,83 @@ def test_a_killed_sweep_resumes_and_finishes_keeping_every_finished_trial(sweep_
     assert sum(len(r) for _, r in rungs_after[0]) > sum(len(r) for _, r in rungs_before[0])  # and extended
 
 
-def test_a_sweep_on_s3_storage_leaves_trials_report_and_study_in_the_bucket(
+def test_a_sweep_on_s3_storage_minimising_the_loss_leaves_trials_report_and_study_in_the_bucket(
     sweep_shards, quick_space, s3_endpoint, s3_bucket, tmp_path
 ):
     import boto3
 
-    code = sweep_main(
-        sweep_args(
-            sweep_shards,
-            f"s3://{s3_bucket}/sweeps",
-            "s3run",
-            quick_space,
-            2,
-            "--retrain-seeds",
-            "1",
-            "--s3-endpoint",
-            s3_endpoint,
-            "--study-storage",
-            f"sqlite:///{tmp_path / 'study.db'}",
-        )
-    )
-    assert code == 0
-    keys = {
-        o["Key"]
-        for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=s3_bucket, Prefix="sweeps/")[
-            "Contents"
-        ]
-    }
+    study_db = tmp_path / "study.db"
+    args = sweep_args(sweep_shards, f"s3://{s3_bucket}/sweeps", "s3run", quick_space, 3, "--s3-endpoint", s3_endpoint)
+    more = ["--retrain-seeds", "1", "--confirm-top", "1", "--study-storage", f"sqlite:///{study_db}"]
+    assert sweep_main([*args, *more, "--metric", "val_loss"]) == 0
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="sweeps/")["Contents"]}
     for name in ("summary.md", "best_config.json", "trials.csv", "optuna.db", "model/model.safetensors"):
         assert f"sweeps/s3run/report/{name}" in keys, name
     assert any("/checkpoint_" in k for k in keys)  # trial checkpoints went to the bucket too
+    assert "sweeps/s3run/genre-sweep.json" in keys  # the sweep record
+
+    # --metric val_loss is minimised everywhere: the study's direction, each trial's best epoch, the winner
+    study = optuna.load_study(study_name="s3run", storage=f"sqlite:///{study_db}")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE and study.metric_names == ["val_loss"]
+    for t in study.trials:
+        assert t.user_attrs["best_value"] == min(t.intermediate_values.values())
+        if t.state.name == "COMPLETE":
+            assert t.value == min(t.intermediate_values.values())
+    best = json.loads(s3.get_object(Bucket=s3_bucket, Key="sweeps/s3run/report/best_config.json")["Body"].read())
+    lowest = min(study.trials, key=lambda t: min(t.intermediate_values.values()))
+    assert best["trial"] == lowest.user_attrs["trial"] and best["search"]["mode"] == "min"
+    assert best["search"]["value"] == min(lowest.intermediate_values.values())
+    assert best["config"]["metric"] == "val_loss" and best["config"]["mode"] == "min"  # its retrain's best epoch, too
+    summary = s3.get_object(Bucket=s3_bucket, Key="sweeps/s3run/report/summary.md")["Body"].read().decode()
+    assert "validation val_loss (lower is better), retrained with 1 seed" in summary and "--confirm-top 1" in summary
 
 
-def test_retrain_runs_on_its_own_after_a_sweep_without_retrain(sweep_shards, quick_space, tmp_path, capsys):
+def test_retrain_takes_everything_from_the_sweep_record_and_refuses_what_contradicts_it(
+    sweep_shards, quick_space, tmp_path, capsys
+):
     from genre_sweep.tune.retrain import main as retrain_cli
 
     args = sweep_args(sweep_shards, tmp_path, "nr", quick_space, 2, "--retrain-seeds", "1")
     assert sweep_main([*args, "--no-retrain"]) == 0
     assert not (tmp_path / "nr" / "report").exists()
-    at = args.index("--trials")
-    args = args[:at] + args[at + 2 :]  # the same flags less --trials: retrain takes no search settings
-    assert retrain_cli(args) == 0
-    assert (tmp_path / "nr" / "report" / "summary.md").exists()
+    record = json.loads((tmp_path / "nr" / "genre-sweep.json").read_text())
+    assert record["template"]["pretrained"] == "tiny" and record["template"]["gradient_accumulation_steps"] == 1
+    assert record["settings"]["metric"] == "val_clip_acc" and record["settings"]["mode"] == "max"
+    assert record["space"]["fixed"] == {"gradient_accumulation_steps": 1}
+
+    def files() -> dict[str, float]:
+        return {str(p): p.stat().st_mtime for p in (tmp_path / "nr").rglob("*")}
+
+    before = files()
+    other = tmp_path / "other.yaml"
+    other.write_text(quick_space.read_text().replace("high: 6", "high: 9"))
+    refusals = [
+        (
+            sweep_main,
+            [*args, "--resume", "--space", str(other)],
+            "searched num_train_epochs: int [3, 9] given, int [3, 6] in the record",
+        ),
+        (retrain_cli, ["--storage", str(tmp_path), "--name", "nr", "--metric", "val_loss"], "--metric val_loss"),
+        (retrain_cli, ["--storage", str(tmp_path), "--name", "nr", "--seed", "3"], "has 0; leave it out"),
+    ]
+    for job, argv, message in refusals:
+        capsys.readouterr()
+        assert job(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("contradicts" in err[0] or "is not the space" in err[0]), err
+        assert message in err[0], err
+    assert files() == before  # nothing written, nothing started
+
+    # Compatible: only the storage and name (everything else from the record), a changed number of seeds
+    assert retrain_cli(["--storage", str(tmp_path), "--name", "nr", "--retrain-seeds", "1", "--confirm-top", "1"]) == 0
+    retrained = json.loads((tmp_path / "nr" / "report" / "retrain.json").read_text())
+    study = optuna.load_study(study_name="nr", storage=f"sqlite:///{tmp_path / 'nr' / 'optuna.db'}")
+    params = {t.user_attrs["trial"]: t.params for t in study.trials}
+    for run in retrained["confirmation"]["runs"]:  # exactly the record's template plus the chosen values
+        assert run["config"] == {**record["template"], **params[run["trial"]], "seed": 0}
     capsys.readouterr()
-    assert retrain_cli([*args, "--name", "nothing-here"]) == 2  # the last --name wins
+    assert retrain_cli(["--storage", str(tmp_path), "--name", "nothing-here"]) == 2
     assert "no sweep named 'nothing-here'" in capsys.readouterr().err
 
 
@@ -291,7 +367,8 @@ def test_a_sweeps_output_shows_every_trials_epochs_and_the_retrain(sweep_shards,
     trial_epochs = sum(len(t.intermediate_values) for t in study.trials)
     retrain_epochs = json.loads((tmp_path / "p" / "report" / "retrain.json").read_text())["per_seed"][0]
     assert trial_epochs == 4 and len(epochs) >= trial_epochs + 1, output[-3000:]
-    assert "retrain seed 0: best epoch" in output and retrain_epochs["best_epoch"] >= 1
+    assert ", seed 0: best epoch" in output and "test, seed 0: clip accuracy" in output  # the retrains, from the tasks
+    assert retrain_epochs["best_epoch"] >= 1
     assert "is already reported" not in output  # Optuna is told each epoch once
     # each trial's overhead, measured from Tune's start of it (actor start included), and their summary
     assert output.count("s after Tune started it)") == 2, output[-3000:]
@@ -321,11 +398,39 @@ def test_a_sweep_whose_every_trial_fails_ends_in_one_line(sweep_shards, tmp_path
         "space:\n  encoder_min_layer_to_update: null\n  num_train_epochs: null\n"
         "fixed:\n  encoder_min_layer_to_update: 12\n  num_train_epochs: 1\n"
     )
-    args = sweep_args(sweep_shards, tmp_path, "f", space, 2, "--no-prefix-cache", "--max-failures", "0")
+    args = sweep_args(sweep_shards, tmp_path, "f", space, 2, "--no-prefix-cache")
     assert sweep_main([*args, "--retrain-seeds", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: no trial of") and "2 of 2 trials failed" in err[-1]
     assert "encoder_min_layer_to_update 12 must be in [0, 11]" in err[-1]
+
+
+def test_a_trial_whose_configuration_cannot_train_fails_once_and_the_sweep_goes_on_then_exits_1(
+    sweep_shards, tmp_path, capsys
+):
+    space = tmp_path / "space.yaml"
+    space.write_text(  # only a trial can find layer 12 wrong: the tiny model has layers 0-11
+        "space:\n  encoder_min_layer_to_update: {type: categorical, choices: [11, 12]}\n  num_train_epochs: null\n"
+        "fixed:\n  num_train_epochs: 1\n"
+    )
+    args = sweep_args(sweep_shards, tmp_path, "some", space, 4, "--retrain-seeds", "1", "--confirm-top", "1")
+    assert sweep_main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    study = optuna.load_study(study_name="some", storage=f"sqlite:///{tmp_path / 'some' / 'optuna.db'}")
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert failed and len(failed) < 4 and len(study.trials) == 4  # the sweep went on past the failures
+    for t in failed:  # told once, with why, and never retried (a retry would add a failure and a start)
+        assert t.params["encoder_min_layer_to_update"] == 12
+        assert "encoder_min_layer_to_update 12 must be in [0, 11]" in t.user_attrs["fail_reason"]
+        folder = tmp_path / "some" / t.user_attrs["trial"]
+        assert len((folder / "result.json").read_text().splitlines()) == 1 and not (folder / "error.txt").exists()
+    assert err[-1].startswith(f"sweep: {len(failed)} of 4 trials failed; the first, trial ")
+    assert "encoder_min_layer_to_update 12 must be in [0, 11]" in err[-1]
+    summary = (tmp_path / "some" / "report" / "summary.md").read_text()
+    for t in failed:
+        assert f"- `{t.user_attrs['trial']}`: " in summary
+    rows = list(csv.DictReader((tmp_path / "some" / "report" / "trials.csv").open()))
+    assert sorted(r["trial"] for r in rows if r["fail_reason"]) == sorted(t.user_attrs["trial"] for t in failed)
 
 
 def test_the_test_accuracys_interval_is_wilsons():

@@ -1,0 +1,166 @@
+"""The sweep record: what a sweep is, resolved once when it starts and written into its folder.
+
+``<storage>/<name>/genre-sweep.json`` holds the sweep's resolved settings, its search space with the fixed
+values, the trial template (the complete ``TrainConfig`` every trial starts from: a trial trains
+``replace(template, **its searched values)``, a retrain ``replace(template, **the chosen values, seed=s)``),
+the dataset's location and fingerprint, the package version and the study's URL. ``--resume`` and ``retrain``
+take all of it from there: a recorded flag left out takes the record's value, one given must equal it, and a
+``--space`` given must hold the same space; a contradiction is refused in one line, before Ray starts.
+Flags that do not change what a trial computes (more trials, concurrency, resources, retries, retrain seeds,
+the confirmation, the node store, the study's URL, the S3 endpoint) may differ.
+
+Only folders with this file are opened by ``--resume`` and ``retrain``: they unpickle Tune's state there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from typing import Any, TypeVar
+
+import sqlalchemy
+
+from genre_sweep import __version__
+from genre_sweep.config import ConfigError, new_defaults, recorded_fields, replace_typed, resolve
+from genre_sweep.data.shards import Dataset
+from genre_sweep.model.configs import TrainConfig
+from genre_sweep.model.data import dataset_fingerprint
+from genre_sweep.store import StoreError, join, read_bytes, write_to
+from genre_sweep.tune.configs import RetrainConfig, SweepConfig, SweepError
+from genre_sweep.tune.space import SearchSpace, load_space
+
+RECORD = "genre-sweep.json"
+WRITER = "genre-sweep sweep"
+FORMAT = 2  # 1: the marker alone (name, version, date, study), before the record
+# A run's own place and reach, never part of what a trial computes: set from today's flags, not the record.
+WHERE = ("shards", "out", "resume", "s3_endpoint", "s3_region")
+
+C = TypeVar("C", bound=RetrainConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRecord:
+    name: str
+    version: str  # of genre-sweep, which wrote it
+    created: str
+    study_url: str  # a password in it is hidden
+    dataset: dict[str, str]  # shards (where the sweep read them) and fingerprint (dataset_fingerprint)
+    settings: dict[str, Any]  # the recorded flags, resolved (recorded_fields of SweepConfig)
+    space: dict[str, Any]  # SearchSpace.as_record
+    template: dict[str, Any]  # TrainConfig fields but WHERE's
+
+    @property
+    def search_space(self) -> SearchSpace:
+        return SearchSpace.from_record(self.space)
+
+    def train_config(self, cfg: RetrainConfig, **values: Any) -> TrainConfig:
+        """The template on ``cfg``'s shards and store, with ``values`` (searched values, a seed, ``out``) put in."""
+        where = {"shards": cfg.shards, "out": "-", "s3_endpoint": cfg.s3_endpoint, "s3_region": cfg.s3_region}
+        return replace_typed(resolve(TrainConfig, {**self.template, **where}), values)
+
+    def as_json(self) -> bytes:
+        return json.dumps({"written_by": WRITER, "format": FORMAT, **dataclasses.asdict(self)}, indent=2).encode()
+
+
+def new_sweep(cfg: SweepConfig) -> tuple[SweepConfig, SearchSpace]:
+    """A new sweep's config with every recorded setting resolved (defaults where not given; ``max_t`` from the
+    space), and its space, read once from ``--space``."""
+    space = load_space(cfg.space)
+    cfg = new_defaults(cfg)
+    return dataclasses.replace(cfg, mode=cfg.direction, max_t=cfg.max_t or space.max_epochs()), space
+
+
+def template(cfg: RetrainConfig, space: SearchSpace) -> TrainConfig:
+    """The complete training config every trial of a sweep with ``cfg`` and ``space`` starts from."""
+    values = {"shards": cfg.shards, "out": "-", "s3_endpoint": cfg.s3_endpoint, "s3_region": cfg.s3_region}
+    values |= {"pretrained": cfg.pretrained, "seed": cfg.seed, "device": cfg.device}
+    values |= {"metric": cfg.metric, "mode": cfg.direction}
+    try:
+        return resolve(TrainConfig, {**values, **space.fixed})
+    except ConfigError as e:
+        raise ConfigError(f"the trial template: {e}") from e
+
+
+def make_record(cfg: SweepConfig, space: SearchSpace, dataset: Dataset, study_url: str) -> SweepRecord:
+    """The record of a new sweep (``cfg`` resolved by ``new_sweep``) on ``dataset``, its study at ``study_url``."""
+    trial = dataclasses.asdict(template(cfg, space))
+    return SweepRecord(
+        name=cfg.name,
+        version=__version__,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        study_url=sqlalchemy.engine.make_url(study_url).render_as_string(hide_password=True),
+        dataset={"shards": dataset.uri, "fingerprint": dataset_fingerprint(dataset.manifest)},
+        settings={name: getattr(cfg, name) for name in recorded_fields(SweepConfig)},
+        space=space.as_record(),
+        template={k: v for k, v in trial.items() if k not in WHERE},
+    )
+
+
+def write_record(cfg: RetrainConfig, record: SweepRecord) -> None:
+    """Write the record into ``cfg.root``, whole or not at all (local or S3)."""
+    try:
+        write_to(join(cfg.root, RECORD), record.as_json(), cfg.options)
+    except OSError as e:
+        raise StoreError(f"cannot write to the sweep's storage {cfg.root}: {e}") from e
+
+
+def read_record(cfg: RetrainConfig, action: str) -> SweepRecord:
+    """The record of ``cfg.root``; SweepError when the folder is not a sweep of ours, or one without a record."""
+    where = join(cfg.root, RECORD)
+    try:
+        raw = json.loads(read_bytes(where, cfg.options))
+        if not isinstance(raw, dict) or raw.get("written_by") != WRITER:
+            raise ValueError("another writer")
+    except FileNotFoundError:
+        raise SweepError(
+            f"{action}: {cfg.root} was not written by `genre-sweep sweep` (no {RECORD}); its Tune state is "
+            "unpickled on resume and retrain, so only our own sweep folders are opened"
+        ) from None
+    except (ValueError, TypeError) as e:
+        raise SweepError(f"{action}: {where} is not a genre-sweep record ({e})") from e
+    except OSError as e:
+        raise StoreError(f"{action}: cannot read {where}: {e}") from e
+    if raw.get("format") != FORMAT:
+        raise SweepError(
+            f"{action}: {cfg.root} was written by genre-sweep {raw.get('version', '?')} without a sweep record, so "
+            "what its trials ran is unknown; start a new sweep (another --name)"
+        )
+    fields = {f.name for f in dataclasses.fields(SweepRecord)}
+    try:
+        return SweepRecord(**{k: raw[k] for k in fields})
+    except KeyError as e:
+        raise SweepError(f"{action}: {where} lacks {e}; the record is damaged") from None
+
+
+def reconcile(cfg: C, record: SweepRecord, dataset: Dataset | None, action: str) -> C:
+    """``cfg`` with everything a trial computes taken from ``record``: a recorded flag left out takes the record's
+    value; one given that differs, a ``--space`` holding another space, or ``--shards`` holding other data (by
+    fingerprint; ``dataset`` is what ``--shards`` names) is a SweepError naming the field, the recorded value and
+    the given one."""
+    taken = {}
+    for name in recorded_fields(type(cfg)):
+        given, recorded = getattr(cfg, name), record.settings[name]
+        if given is not None and given != recorded:
+            raise SweepError(
+                f"{action}: --{name.replace('_', '-')} {given} contradicts the sweep record of {cfg.root}, which has "
+                f"{recorded}; leave it out to take the record's"
+            )
+        taken[name] = recorded
+    if cfg.space is not None:
+        differences = load_space(cfg.space).differences(record.search_space)
+        if differences:
+            what, given, recorded = differences[0]
+            more = "" if len(differences) == 1 else f"; and {len(differences) - 1} more"
+            raise SweepError(
+                f"{action}: --space {cfg.space} is not the space of the sweep record of {cfg.root} ({what}: {given} "
+                f"given, {recorded} in the record{more}); leave --space out to take the record's"
+            )
+    recorded_data = record.dataset["fingerprint"]
+    if dataset is not None and dataset_fingerprint(dataset.manifest) != recorded_data:
+        raise SweepError(
+            f"{action}: --shards {cfg.shards} holds other data than the sweep record of {cfg.root} (fingerprint "
+            f"{dataset_fingerprint(dataset.manifest)[:12]}, recorded {recorded_data[:12]} at "
+            f"{record.dataset['shards']}); leave --shards out to take the record's"
+        )
+    return dataclasses.replace(cfg, shards=cfg.shards or record.dataset["shards"], **taken)
