@@ -24,6 +24,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import ASTConfig, ASTModel
 
+from genre_sweep.config import ConfigError
 from genre_sweep.errors import GenreSweepError
 from genre_sweep.model.ast_layers import attention_half, ffn_half, last_layer_tokens
 from genre_sweep.model.configs import AdapterSettings
@@ -53,6 +54,11 @@ def checkpoint_source(pretrained: str) -> str:
 
 class ModelError(GenreSweepError, ValueError):
     """The model can't be built as asked; the message names the setting and the fix."""
+
+
+class ModelSettingError(ModelError, ConfigError):
+    """A training setting this model cannot take (an adapter layer it does not have): the same setting fails again
+    however often it is tried, so a sweep's trial does not retry it."""
 
 
 def fresh_config(frames: int, mel_bins: int, **shape) -> ASTConfig:
@@ -171,7 +177,7 @@ class GenreClassifier(nn.Module):
         super().__init__()
         n_layers = backbone.config.num_hidden_layers
         if not 0 <= adapters.min_layer < n_layers:
-            raise ModelError(f"encoder_min_layer_to_update {adapters.min_layer} must be in [0, {n_layers - 1}]")
+            raise ModelSettingError(f"encoder_min_layer_to_update {adapters.min_layer} must be in [0, {n_layers - 1}]")
         self.backbone = backbone
         self.adapters = adapters
         self.head_norm = head_norm  # the pretrained classifier's LayerNorm, frozen
@@ -241,7 +247,7 @@ def build_model(
     loads a checkpoint once (``kept_backbone``): later builds copy it from memory.
     """
     if adapters.rank < 1:
-        raise ModelError(f"encoder_update_rank must be >= 1, got {adapters.rank}")
+        raise ModelSettingError(f"encoder_update_rank must be >= 1, got {adapters.rank}")
     cfg, source = backbone_config(pretrained, frames, mel_bins)
     backbone, head_norm, reused = kept_backbone(cfg, source)
     torch.manual_seed(seed)

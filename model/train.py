@@ -239,15 +239,41 @@ def validation_metrics(logits: torch.Tensor, split: SplitArrays, prefix: str = "
     }
 
 
-def better(new: dict[str, float], old: dict[str, float] | None, metric: str, mode: str) -> bool:
-    """Whether epoch metrics ``new`` beat ``old`` by ``metric`` (``mode`` max or min); a tie goes to the lower
-    validation loss (to the higher clip accuracy when the loss is the metric), then to the earlier epoch."""
-    if old is None:
-        return True
+def epoch_key(metrics: dict[str, float], metric: str, mode: str) -> tuple[float, float]:
+    """How good an epoch is, as a key to maximise: ``metric`` in its direction (``mode`` max or min), then the lower
+    validation loss (the higher clip accuracy when the loss is the metric); a NaN is the worst value there is."""
     sign = 1.0 if mode == "max" else -1.0
-    tie = ("val_clip_acc", 1.0) if metric == "val_loss" else ("val_loss", -1.0)
-    key = lambda m: (sign * m[metric], tie[1] * m[tie[0]])  # noqa: E731
-    return key(new) > key(old)
+    other, other_sign = ("val_clip_acc", 1.0) if metric == "val_loss" else ("val_loss", -1.0)
+
+    def signed(value: Any, s: float) -> float:
+        value = float(value) if value is not None else math.nan
+        return -math.inf if math.isnan(value) else s * value
+
+    return signed(metrics.get(metric), sign), signed(metrics.get(other), other_sign)
+
+
+def better(new: dict[str, float], old: dict[str, float] | None, metric: str, mode: str) -> bool:
+    """Whether epoch metrics ``new`` beat ``old`` (``epoch_key``); an equal later epoch does not."""
+    return old is None or epoch_key(new, metric, mode) > epoch_key(old, metric, mode)
+
+
+def clip_scores(logits: torch.Tensor, split: SplitArrays, metric: str) -> np.ndarray:
+    """Each clip's part in ``metric`` (n_clips,) from a split's window ``logits``: 1 or 0 (its mean window logits
+    right or not) for val_clip_acc, its windows' share right for val_window_acc, its windows' mean loss for
+    val_loss. Their mean over clips is the clip accuracy, and the window metrics weighted per clip: the units a
+    paired comparison of two models on the same clips resamples."""
+    labels = torch.from_numpy(split.labels)
+    clips = torch.from_numpy(split.clips)
+    n = len(split.clip_names)
+    if metric == "val_clip_acc":
+        clip_labels = torch.zeros(n, dtype=torch.long).index_copy_(0, clips, labels)
+        return (clip_logits(logits, split.clips).argmax(1) == clip_labels).double().numpy()
+    if metric == "val_window_acc":
+        per_window = (logits.argmax(1) == labels).double()
+    else:
+        per_window = F.cross_entropy(logits, labels, reduction="none").double()
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, clips, per_window)
+    return (sums / torch.bincount(clips, minlength=n)).numpy()
 
 
 def train(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from genre_sweep.config import check, field
 from genre_sweep.errors import GenreSweepError
-from genre_sweep.model.configs import HUB_DEFAULT, METRICS, PRETRAINED_HELP
+from genre_sweep.model.configs import HUB_DEFAULT, METRICS, MODE_HELP, PRETRAINED_HELP, metric_mode
 from genre_sweep.store import StoreFlags, absolute, is_s3
 
 
@@ -47,12 +47,7 @@ class RetrainConfig(StoreFlags):
         recorded=True,
         choices=list(METRICS),
     )
-    mode: str | None = field(
-        None,
-        "max or min: whether a higher --metric is better; unset: the metric's own (val_loss: min, else max)",
-        recorded=True,
-        choices=["max", "min"],
-    )
+    mode: str | None = field(None, MODE_HELP, recorded=True, choices=["max", "min"])
     seed: int | None = field(0, "seed of the sampler, of the trials and of the first retrain", recorded=True)
     study_storage: str | None = field(None, "SQLAlchemy URL of the Optuna study; unset: SQLite beside the results")
     cpus_per_trial: float = field(1.0, "CPUs reserved per trial (and by each retrain)")
@@ -95,6 +90,9 @@ class RetrainConfig(StoreFlags):
         check(self.gpus_per_trial >= 0, f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
         check(self.retrain_seeds >= 1, f"retrain_seeds must be >= 1, got {self.retrain_seeds}")
         check(self.confirm_top >= 1, f"confirm_top must be >= 1, got {self.confirm_top}")
+        # argparse checks a flag's choices; a --config file's values are checked here
+        check(self.metric in (None, *METRICS), f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        check(self.mode in (None, "max", "min"), f"mode must be max or min, got {self.mode!r}")
         check(self.node_disk_gb is None or self.node_disk_gb > 0, f"node_disk_gb must be > 0, got {self.node_disk_gb}")
         check(bool(self.name) and "/" not in self.name, f"name must be a plain folder name, got {self.name!r}")
 
@@ -106,7 +104,7 @@ class RetrainConfig(StoreFlags):
     def direction(self) -> str:
         """max or min: the mode the objective is judged by (set once the config is resolved)."""
         assert self.metric is not None, "the config is not resolved against a sweep record yet"
-        return self.mode or METRICS[self.metric]
+        return metric_mode(self.metric, self.mode)
 
     def study_url(self) -> str:
         if self.study_storage:
@@ -124,9 +122,11 @@ class SweepConfig(RetrainConfig):
     dataset's fingerprint, the space, the objective and the complete training config every trial starts from);
     --resume finishes an interrupted sweep from that record."""
 
-    trials: int = field(35, "number of trials")
+    # trials, max_concurrent_trials and max_failures are recorded because Tune restores them on --resume: a resume
+    # finishes the sweep as it was started, and a different value, which would be silently ignored, is refused
+    trials: int | None = field(35, "number of trials", recorded=True)
     max_concurrent_trials: int | None = field(
-        None, "trials at once; unset: what the cluster holds once scaled up (see --cluster)"
+        None, "trials at once; unset: what the cluster holds once scaled up (see --cluster)", recorded=True
     )
     cluster: str | None = field(
         None,
@@ -137,13 +137,15 @@ class SweepConfig(RetrainConfig):
     grace_period: int | None = field(1, "ASHA: epochs before a trial can be stopped", recorded=True)
     reduction_factor: float | None = field(3.0, "ASHA: keep the top 1/reduction_factor at each rung", recorded=True)
     max_t: int | None = field(None, "ASHA: most epochs; unset: the largest epoch count in the space", recorded=True)
-    max_failures: int = field(2, "retries of a crashed trial (a trial whose configuration fails is not retried)")
+    max_failures: int | None = field(
+        2, "retries of a crashed trial (a trial whose settings cannot train is not retried)", recorded=True
+    )
     resume: bool = field(False, "finish an interrupted sweep of the same name, from its record")
     retrain: bool = field(True, "confirm the best configurations, test the chosen one and write the report at the end")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.trials >= 1, f"trials must be >= 1, got {self.trials}")
+        check(self.trials is None or self.trials >= 1, f"trials must be >= 1, got {self.trials}")
         check(
             self.grace_period is None or self.grace_period >= 1, f"grace_period must be >= 1, got {self.grace_period}"
         )
@@ -197,7 +199,7 @@ class LaunchConfig(StoreFlags):
     sweep_args: str = field("", "more `genre-sweep sweep` flags, quoted")
 
     def __post_init__(self) -> None:
-        check(self.trials >= 1, f"trials must be >= 1, got {self.trials}")
+        check(self.trials is None or self.trials >= 1, f"trials must be >= 1, got {self.trials}")
         check(bool(self.name) and "/" not in self.name, f"name must be a plain folder name, got {self.name!r}")
 
     @property

@@ -28,13 +28,30 @@ class Candidate:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One retrain of a candidate with one seed: its best epoch on validation and that epoch's metrics."""
+    """One retrain of a candidate with one seed: its best epoch on validation, that epoch's metrics, and each
+    validation clip's part in the metric there (``model.train.clip_scores``), for paired comparisons."""
 
     trial: str
     seed: int
     best_epoch: int
     val: dict[str, float]
     config: dict[str, Any]  # the complete TrainConfig it trained (``out`` left out)
+    clips: list[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """The 95 % half-width of the difference between the chosen candidate's mean and another's: from the validation
+    clips, resampled in pairs (both models judged on the same clips), and from the seeds (None with one seed);
+    ``band`` combines the two in quadrature. A heuristic, on the cautious side: the seed term also holds some of
+    the clips' noise."""
+
+    clips: float
+    seeds: float | None
+
+    @property
+    def band(self) -> float:
+        return math.hypot(self.clips, self.seeds or 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +62,10 @@ class Confirmation:
     mode: str
     candidates: list[Candidate]
     runs: list[Run]
-    val_clips: int  # the validation split's clips: the sample an accuracy on it is measured on
     seconds: float  # wall time of the retrains
 
     def runs_of(self, trial: str) -> list[Run]:
-        return [r for r in self.runs if r.trial == trial]
+        return sorted((r for r in self.runs if r.trial == trial), key=lambda r: r.seed)
 
     def values(self, trial: str) -> list[float]:
         return [r.val[self.metric] for r in self.runs_of(trial)]
@@ -63,49 +79,51 @@ class Confirmation:
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
     @property
-    def chosen(self) -> Candidate:
-        """The candidate with the best mean validation metric over its seeds; a tie goes to the search's order."""
+    def val_clips(self) -> int:
+        return len(self.runs[0].clips)
+
+    def _key(self, c: Candidate) -> tuple[float, int]:
+        mean = self.mean(c.trial)
         sign = 1.0 if self.mode == "max" else -1.0
-        return max(self.candidates, key=lambda c: (sign * self.mean(c.trial), -self.candidates.index(c)))
+        return (-math.inf if math.isnan(mean) else sign * mean), -self.candidates.index(c)
 
-    def split_halfwidth(self) -> float | None:
-        """Half the 95 % interval an accuracy of the chosen one's size has on ``val_clips`` clips (Wilson): the
-        validation split's own sampling error; None for a metric that is no accuracy (the loss)."""
-        if not self.metric.endswith("_acc"):
-            return None
-        low, high = wilson(self.mean(self.chosen.trial), self.val_clips)
-        return (high - low) / 2
+    @property
+    def chosen(self) -> Candidate:
+        """The candidate with the best mean validation metric over its seeds (a NaN is the worst); a tie goes to the
+        search's order."""
+        return max(self.candidates, key=self._key)
 
-    def seeds_halfwidth(self, trial: str) -> float | None:
-        """Half the 95 % interval of the difference of two candidates' means over seeds (normal approximation), from
-        the seeds' spread; None with a single seed."""
+    def noise(self, trial: str) -> Noise:
+        """How far the chosen one's mean and ``trial``'s may differ by chance (see ``Noise``)."""
         a, b = self.runs_of(self.chosen.trial), self.runs_of(trial)
-        if len(a) < 2 or len(b) < 2:
-            return None
-        return Z95 * math.sqrt(self.std(self.chosen.trial) ** 2 / len(a) + self.std(trial) ** 2 / len(b))
-
-    def band(self, trial: str) -> float | None:
-        """The noise a difference between the chosen one and ``trial`` must beat: the larger of the two half-widths
-        above (None when neither can be told)."""
-        known = [h for h in (self.split_halfwidth(), self.seeds_halfwidth(trial)) if h is not None]
-        return max(known) if known else None
+        seeds = min(len(a), len(b))
+        per_clip = [
+            statistics.fmean(x.clips[i] - y.clips[i] for x, y in zip(a[:seeds], b[:seeds], strict=True))
+            for i in range(self.val_clips)
+        ]
+        n = len(per_clip)
+        clip_term = t95(n - 1) * statistics.stdev(per_clip) / math.sqrt(n) if n > 1 else math.inf
+        return Noise(clip_term, welch_halfwidth(self.values(self.chosen.trial), self.values(trial)))
 
     def within_noise(self) -> list[Candidate]:
-        """The other candidates whose mean differs from the chosen one's by less than the noise (or by an unknown
-        noise: a loss measured with one seed)."""
+        """The other candidates whose mean differs from the chosen one's by less than the noise."""
         chosen = self.chosen
-        out = []
-        for c in self.candidates:
-            if c is chosen:
-                continue
-            band = self.band(c.trial)
-            if band is None or abs(self.mean(c.trial) - self.mean(chosen.trial)) < band:
-                out.append(c)
-        return out
+        return [
+            c
+            for c in self.candidates
+            if c is not chosen
+            and not abs(self.mean(c.trial) - self.mean(chosen.trial)) >= self.noise(c.trial).band  # NaN: noise
+        ]
 
     def verdict(self) -> str:
         """One paragraph: how the choice was made, and whether the data can tell the candidates apart."""
         chosen, n = self.chosen, len(self.candidates)
+        if n == 1:
+            return (
+                "Only the search's best configuration was retrained (--confirm-top 1): nothing was compared. Its "
+                "search score is the best of many trials on one validation split, which favours luck; the test "
+                "figures are the ones to quote."
+            )
         level = [c.trial for c in self.candidates if c is not chosen and self.mean(c.trial) == self.mean(chosen.trial)]
         how = (
             f"Chosen by the best mean validation {self.metric} ({'higher' if self.mode == 'max' else 'lower'} is "
@@ -116,20 +134,20 @@ class Confirmation:
                 else "."
             )
         )
-        if n == 1:
-            return (
-                "Only the search's best configuration was retrained (--confirm-top 1): nothing was compared. Its "
-                "search score is the best of many trials on one validation split, which favours luck; the test "
-                "figures are the ones to quote."
-            )
-        split = self.split_halfwidth()
-        parts = []
-        if split is not None:
-            parts.append(f"the validation split's 95 % interval with {self.val_clips} clips, ±{split:.3f}")
-        seeds = [h for c in self.candidates if c is not chosen and (h := self.seeds_halfwidth(c.trial)) is not None]
-        if seeds:
-            parts.append(f"the seeds' spread, ±{max(seeds):.3f} at most")
-        noise = " and ".join(parts) if parts else "unknown (one seed, and the loss has no binomial interval)"
+        others = [c for c in self.candidates if c is not chosen]
+        noises = {c.trial: self.noise(c.trial) for c in others}
+        seeds = [x.seeds for x in noises.values()]
+        parts = [
+            f"the {self.val_clips} validation clips resampled in pairs, ±{max(x.clips for x in noises.values()):.3f}"
+        ]
+        if all(x is not None for x in seeds):
+            parts.append(f"the seeds' spread (Student t), ±{max(seeds):.3f}")
+        else:
+            parts.append("the seeds' spread is unknown with one seed and not counted")
+        noise = (
+            f"the 95 % interval of each difference, up to ±{max(x.band for x in noises.values()):.3f}: "
+            + "; ".join(parts)
+        )
         tied = self.within_noise()
         if not tied:
             return (
@@ -143,6 +161,25 @@ class Confirmation:
             f"tell {'these configurations' if everyone else 'them'} apart, and the choice rests only on the higher "
             "mean. More validation clips or seeds would be needed to separate them."
         )
+
+
+def t95(df: float) -> float:
+    """The two-sided 95 % quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def welch_halfwidth(a: list[float], b: list[float]) -> float | None:
+    """The 95 % half-width of the difference of two means over seeds (Welch's t); None when either has one seed, 0
+    when the seeds agree exactly."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return 0.0
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return t95(df) * math.sqrt(va + vb)
 
 
 def top_candidates(ranked: list[Candidate], k: int) -> list[Candidate]:

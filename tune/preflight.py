@@ -30,9 +30,9 @@ from genre_sweep.store import StoreError, StoreOptions, filesystem, probe_writab
 from genre_sweep.tune.capacity import Capacity, cluster_capacity, from_cluster_config
 from genre_sweep.tune.configs import PreflightConfig, RetrainConfig, SweepConfig, SweepError
 from genre_sweep.tune.internals import prepare_cluster_config
-from genre_sweep.tune.record import SweepRecord, make_record, new_sweep, read_record, reconcile
+from genre_sweep.tune.record import SweepRecord, has_record, make_record, new_sweep, read_record, reconcile
 from genre_sweep.tune.space import load_space
-from genre_sweep.tune.study import resumed_study_url
+from genre_sweep.tune.study import resumed_study_url, study_exists
 
 C = TypeVar("C", bound=RetrainConfig)
 
@@ -99,19 +99,29 @@ def before_sweep(cfg: C, action: str | None, test_split: bool) -> tuple[C, Sweep
     and the record.
     """
     splits = ("train", "val", "test") if test_split else ("train", "val")
+    fs, storage_path = filesystem(cfg.storage, cfg.options)
     if action is None:
         assert isinstance(cfg, SweepConfig)
         cfg, space = new_sweep(cfg)
         dataset = check_dataset(cfg.shards, cfg.pretrained, cfg.options, splits)
         check_storage_writable(cfg.storage, cfg.options)
+        if tune.Tuner.can_restore(storage_path + "/" + cfg.name, storage_filesystem=fs) or has_record(cfg):
+            raise SweepError(
+                f"a sweep named {cfg.name!r} is already in {cfg.storage}: finish it with --resume, or give another "
+                "--name"
+            )
+        if study_exists(cfg.study_storage or cfg.study_url(), cfg.name):
+            raise SweepError(
+                f"the study {cfg.name!r} already exists in {cfg.study_storage or cfg.study_url()} (another sweep's): "
+                "give another --name, or --study-storage"
+            )
         url = cfg.study_url()
         return dataclasses.replace(cfg, study_storage=url), make_record(cfg, space, dataset, url)
     check_storage_writable(cfg.storage, cfg.options)
-    fs, storage_path = filesystem(cfg.storage, cfg.options)
     if not tune.Tuner.can_restore(storage_path + "/" + cfg.name, storage_filesystem=fs):
         raise SweepError(f"{action}: no sweep named {cfg.name!r} in {cfg.storage}")
     record = read_record(cfg, action)
-    cfg = reconcile(cfg, record, open_dataset(cfg.shards, cfg.options) if cfg.shards else None, action)
+    cfg = reconcile(cfg, record, open_dataset(cfg.shards or record.dataset["shards"], cfg.options), action)
     check_dataset(cfg.shards, cfg.pretrained, cfg.options, splits)
     return dataclasses.replace(cfg, study_storage=resumed_study_url(cfg, record.study_url)), record
 

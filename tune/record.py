@@ -4,10 +4,11 @@
 values, the trial template (the complete ``TrainConfig`` every trial starts from: a trial trains
 ``replace(template, **its searched values)``, a retrain ``replace(template, **the chosen values, seed=s)``),
 the dataset's location and fingerprint, the package version and the study's URL. ``--resume`` and ``retrain``
-take all of it from there: a recorded flag left out takes the record's value, one given must equal it, and a
-``--space`` given must hold the same space; a contradiction is refused in one line, before Ray starts.
-Flags that do not change what a trial computes (more trials, concurrency, resources, retries, retrain seeds,
-the confirmation, the node store, the study's URL, the S3 endpoint) may differ.
+take all of it from there: a recorded flag left out takes the record's value, one given must equal it, a
+``--space`` given must hold the same space, and the data must have the recorded fingerprint; a contradiction is
+refused in one line, before Ray starts. The trial count, concurrency and retries are recorded too, because Tune
+restores them on resume (a different value would be ignored). Flags that do not change what a trial computes
+(resources, retrain seeds, the confirmation, the node store, the study's URL, the S3 endpoint) may differ.
 
 Only folders with this file are opened by ``--resume`` and ``retrain``: they unpickle Tune's state there.
 """
@@ -19,6 +20,7 @@ import datetime
 import json
 from typing import Any, TypeVar
 
+import pyarrow.fs as pafs
 import sqlalchemy
 
 from genre_sweep import __version__
@@ -26,7 +28,7 @@ from genre_sweep.config import ConfigError, new_defaults, recorded_fields, repla
 from genre_sweep.data.shards import Dataset
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.data import dataset_fingerprint
-from genre_sweep.store import StoreError, join, read_bytes, write_to
+from genre_sweep.store import StoreError, filesystem, join, read_bytes, write_to
 from genre_sweep.tune.configs import RetrainConfig, SweepConfig, SweepError
 from genre_sweep.tune.space import SearchSpace, load_space
 
@@ -105,6 +107,15 @@ def write_record(cfg: RetrainConfig, record: SweepRecord) -> None:
         raise StoreError(f"cannot write to the sweep's storage {cfg.root}: {e}") from e
 
 
+def has_record(cfg: RetrainConfig) -> bool:
+    """Whether ``cfg.root`` holds a sweep record (of any version)."""
+    fs, path = filesystem(join(cfg.root, RECORD), cfg.options)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as e:
+        raise StoreError(f"cannot read the sweep's storage {cfg.root}: {e}") from e
+
+
 def read_record(cfg: RetrainConfig, action: str) -> SweepRecord:
     """The record of ``cfg.root``; SweepError when the folder is not a sweep of ours, or one without a record."""
     where = join(cfg.root, RECORD)
@@ -122,10 +133,12 @@ def read_record(cfg: RetrainConfig, action: str) -> SweepRecord:
     except OSError as e:
         raise StoreError(f"{action}: cannot read {where}: {e}") from e
     if raw.get("format") != FORMAT:
-        raise SweepError(
-            f"{action}: {cfg.root} was written by genre-sweep {raw.get('version', '?')} without a sweep record, so "
-            "what its trials ran is unknown; start a new sweep (another --name)"
+        why = (
+            "without a sweep record, so what its trials ran is unknown; start a new sweep (another --name)"
+            if raw.get("format", 1) < FORMAT
+            else f"in a newer record format ({raw.get('format')}); use that version of genre-sweep"
         )
+        raise SweepError(f"{action}: {cfg.root} was written by genre-sweep {raw.get('version', '?')} {why}")
     fields = {f.name for f in dataclasses.fields(SweepRecord)}
     try:
         return SweepRecord(**{k: raw[k] for k in fields})
@@ -133,18 +146,18 @@ def read_record(cfg: RetrainConfig, action: str) -> SweepRecord:
         raise SweepError(f"{action}: {where} lacks {e}; the record is damaged") from None
 
 
-def reconcile(cfg: C, record: SweepRecord, dataset: Dataset | None, action: str) -> C:
+def reconcile(cfg: C, record: SweepRecord, dataset: Dataset, action: str) -> C:
     """``cfg`` with everything a trial computes taken from ``record``: a recorded flag left out takes the record's
-    value; one given that differs, a ``--space`` holding another space, or ``--shards`` holding other data (by
-    fingerprint; ``dataset`` is what ``--shards`` names) is a SweepError naming the field, the recorded value and
-    the given one."""
+    value; one given that differs, a ``--space`` holding another space, or a ``dataset`` (what ``--shards`` names,
+    else the recorded location) holding other data than the record's fingerprint is a SweepError naming the field,
+    the recorded value and the given one."""
     taken = {}
     for name in recorded_fields(type(cfg)):
         given, recorded = getattr(cfg, name), record.settings[name]
         if given is not None and given != recorded:
             raise SweepError(
                 f"{action}: --{name.replace('_', '-')} {given} contradicts the sweep record of {cfg.root}, which has "
-                f"{recorded}; leave it out to take the record's"
+                f"{'unset' if recorded is None else recorded}; leave it out to take the record's"
             )
         taken[name] = recorded
     if cfg.space is not None:
@@ -156,11 +169,11 @@ def reconcile(cfg: C, record: SweepRecord, dataset: Dataset | None, action: str)
                 f"{action}: --space {cfg.space} is not the space of the sweep record of {cfg.root} ({what}: {given} "
                 f"given, {recorded} in the record{more}); leave --space out to take the record's"
             )
-    recorded_data = record.dataset["fingerprint"]
-    if dataset is not None and dataset_fingerprint(dataset.manifest) != recorded_data:
+    fingerprint, recorded_data = dataset_fingerprint(dataset.manifest), record.dataset["fingerprint"]
+    if fingerprint != recorded_data:
+        where = f"--shards {cfg.shards}" if cfg.shards else f"the sweep's dataset {dataset.uri}"
         raise SweepError(
-            f"{action}: --shards {cfg.shards} holds other data than the sweep record of {cfg.root} (fingerprint "
-            f"{dataset_fingerprint(dataset.manifest)[:12]}, recorded {recorded_data[:12]} at "
-            f"{record.dataset['shards']}); leave --shards out to take the record's"
+            f"{action}: {where} holds other data than the sweep record of {cfg.root} (fingerprint {fingerprint[:12]}, "
+            f"recorded {recorded_data[:12]} at {record.dataset['shards']}; prepared again since?)"
         )
     return dataclasses.replace(cfg, shards=cfg.shards or record.dataset["shards"], **taken)

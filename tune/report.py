@@ -103,13 +103,16 @@ def write_report(
             },
         )
         (report / "sweep_record.json").write_bytes(record.as_json())
+        (report / "space.yaml").write_text(record.search_space.as_yaml())
         curves = {}
         for r in results:
             df = r.metrics_dataframe
             if df is None or df.empty or cfg.metric not in df or (r.metrics and TRIAL_ERROR in r.metrics):
                 continue
-            pruned = len(df) < r.config.get("num_train_epochs", record.search_space.max_epochs())
-            curves[Path(r.path).name] = (df["training_iteration"].tolist(), df[cfg.metric].tolist(), pruned)
+            how = "failed" if r.error is not None else "pruned"
+            if r.error is None and len(df) >= r.config.get("num_train_epochs", record.search_space.max_epochs()):
+                how = ""
+            curves[Path(r.path).name] = (df["training_iteration"].tolist(), df[cfg.metric].tolist(), how)
         write_csv(trials_table(study, cfg.direction), report / "trials.csv")
         files = ["best_config.json", "trials.csv", "retrain.json", "test_metrics.json", "confusion.png"]
         notes = []
@@ -120,11 +123,11 @@ def write_report(
             files.append("importances.png")
         plot_history(study, report / "history.png", cfg.metric, cfg.direction)
         plot_learning_curves(curves, report / "learning_curves.png", cfg.metric)
-        files += ["history.png", "learning_curves.png", "sweep_record.json", "model/"]
+        files += ["history.png", "learning_curves.png", "sweep_record.json", "space.yaml", "model/"]
         counts: dict[str, int] = {}
         for t in study.trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        summary = summary_markdown(cfg, counts, confirmation, tested, chosen_config, failed, files, notes)
+        summary = summary_markdown(cfg, record, counts, confirmation, tested, chosen_config, failed, files, notes)
         (report / "summary.md").write_text(summary)
         url = cfg.study_url()
         if url.startswith("sqlite:///"):  # the study outlives the cluster with the rest of the report
@@ -132,9 +135,13 @@ def write_report(
         upload(report, cfg.root + "/report", cfg.options)
 
 
-def best_and_last(values: dict[int, float], mode: str) -> tuple[float | None, int | None, float | None, int | None]:
-    """A trial's best epoch's value and epoch (by ``mode``; the earlier epoch on a tie) and its last epoch's."""
-    finite = {e: v for e, v in values.items() if v is not None and math.isfinite(v)}
+def best_and_last(trial: optuna.trial.FrozenTrial, mode: str) -> tuple[Any, Any, Any, Any]:
+    """A study trial's best epoch's value and epoch, and its last epoch's: as the searcher recorded them (the best by
+    the rule training keeps its weights by), else from its per-epoch values (by ``mode``, the earlier on a tie)."""
+    attrs = trial.user_attrs
+    if "best_epoch" in attrs:
+        return attrs["best_value"], attrs["best_epoch"], attrs.get("last_value"), attrs.get("last_epoch")
+    finite = {e: v for e, v in trial.intermediate_values.items() if v is not None and math.isfinite(v)}
     if not finite:
         return None, None, None, None
     sign = 1.0 if mode == "max" else -1.0
@@ -164,7 +171,7 @@ def trials_table(study: optuna.Study, mode: str) -> list[dict[str, Any]]:
     and the last epoch for a pruned one), why it failed, and its searched values."""
     rows = []
     for t in study.trials:
-        best, best_epoch, last, last_epoch = best_and_last(t.intermediate_values, mode)
+        best, best_epoch, last, last_epoch = best_and_last(t, mode)
         rows.append(
             {
                 "trial": t.user_attrs.get("trial", ""),
@@ -222,14 +229,16 @@ def plot_importances(study: optuna.Study, path: Path) -> str | None:
 
 
 def plot_history(study: optuna.Study, path: Path, metric: str, mode: str) -> None:
-    """Each trial at its best epoch (complete in blue, pruned in grey) and the best complete trial so far."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """Each trial at its best epoch (complete in blue, pruned in grey; failed ones have no score), and the best
+    complete trial so far; each trial named on the axis as everywhere else."""
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.22 * len(study.trials) + 2), 4.5))
     pick = max if mode == "max" else min
-    best, done, stopped, line = None, ([], []), ([], []), ([], [])
+    best, done, stopped, line, names = None, ([], []), ([], []), ([], []), {}
     for t in study.trials:
-        value = best_and_last(t.intermediate_values, mode)[0]  # the trial's best epoch, as the confirmation ranks
-        if value is None:
+        value = best_and_last(t, mode)[0]  # the trial's best epoch, as the confirmation ranks
+        if value is None or t.state == optuna.trial.TrialState.FAIL:
             continue
+        names[t.number] = t.user_attrs.get("trial", str(t.number))
         complete = t.state == optuna.trial.TrialState.COMPLETE
         numbers, values = done if complete else stopped
         numbers.append(t.number)
@@ -242,7 +251,8 @@ def plot_history(study: optuna.Study, path: Path, metric: str, mode: str) -> Non
     ax.scatter(*done, color="tab:blue", s=18, label="complete trial, its best epoch")
     ax.scatter(*stopped, color="tab:gray", s=18, label="pruned trial (stopped by ASHA), its best epoch")
     ax.step(*line, where="post", color="tab:red", label="best complete trial so far")
-    ax.set_xlabel("study trial number (trials.csv names each trial)")
+    ax.set_xticks(list(names), list(names.values()), rotation=90, fontsize=7)
+    ax.set_xlabel("trial, in the order the study drew them")
     ax.set_ylabel(f"{metric} at the trial's best epoch")
     ax.set_title(f"optimisation history ({'higher' if mode == 'max' else 'lower'} is better)")
     ax.legend(loc="best", fontsize=8)
@@ -251,31 +261,44 @@ def plot_history(study: optuna.Study, path: Path, metric: str, mode: str) -> Non
     plt.close(fig)
 
 
-def plot_learning_curves(curves: dict[str, tuple[list[int], list[float], bool]], path: Path, metric: str) -> None:
-    """Every trial's curve, named in the legend. curves: trial name -> (epochs, metric values, pruned)."""
+def plot_learning_curves(curves: dict[str, tuple[list[int], list[float], str]], path: Path, metric: str) -> None:
+    """Every trial's curve, named in the legend. curves: trial name -> (epochs, metric values, how it ended early:
+    "pruned", "failed" or "")."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
     colors = plt.get_cmap("tab20")
     for i, (name, (epochs, values, pruned)) in enumerate(sorted(curves.items())):
         ax.plot(
             epochs,
             values,
-            linestyle="--" if pruned else "-",
+            linestyle="--" if pruned else "-",  # stopped early, by ASHA or a failure
             marker=".",
             linewidth=1,
             color=colors(i % 20),
-            label=f"{name}{' (pruned)' if pruned else ''}",
+            label=f"{name}{f' ({pruned})' if pruned else ''}",
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    ax.set_title(f"learning curves of all {len(curves)} trials (dashed: stopped by ASHA)")
+    ax.set_title(f"learning curves of all {len(curves)} trials (dashed: stopped early by ASHA, or failed)")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, ncol=1 + len(curves) // 18, title="trial")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def next_sweep(cfg: RetrainConfig, record: SweepRecord) -> str:
+    """The command of a larger sweep of the same space, objective, model and settings (``space.yaml``: the report's
+    copy of the space)."""
+    settings = {k: v for k, v in record.settings.items() if k not in ("trials", "max_concurrent_trials")}
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v is not None)
+    return (
+        f"genre-sweep sweep --shards {cfg.shards} --storage {cfg.storage} --name {cfg.name}-more --trials 70 "
+        f"--space space.yaml {flags}"
+    )
+
+
 def summary_markdown(
     cfg: RetrainConfig,
+    record: SweepRecord,
     counts: dict[str, int],
     confirmation: Confirmation,
     tested: dict[str, Any],
@@ -303,6 +326,12 @@ def summary_markdown(
     lines.append(f"The chosen configuration is trial `{chosen.trial}`'s: {how}. It alone was tested:")
     n = tested["test_clips"]
     low, high = wilson(tested["test_clip_acc_mean"], n)
+    spread = tested["test_clip_acc_std"]
+    compared = (
+        "beside which the spread over seeds is unknown with one seed"
+        if seeds < 2
+        else f"{'larger' if (high - low) / 2 > spread else 'no larger'} than the spread over seeds (std {spread:.3f})"
+    )
     lines += [
         "",
         f"| on the test split ({n} clips, {tested['test_windows']} windows) | mean ± std over {seeds} seeds |",
@@ -312,8 +341,8 @@ def summary_markdown(
         f"| window accuracy | {tested['test_window_acc_mean']:.4f} ± {tested['test_window_acc_std']:.4f} |",
         "",
         f"With {n} test clips, the 95 % interval of the clip accuracy is [{low:.3f}, {high:.3f}] (Wilson): the test "
-        "set's own uncertainty, larger than the spread over seeds. Each seed trained to its best epoch on validation "
-        f"and was tested once; the exported model is seed {tested['exported_seed']}'s (the best on validation).",
+        f"set's own uncertainty, {compared}. Each seed trained to its best epoch on validation and was tested once; "
+        f"the exported model is seed {tested['exported_seed']}'s (the best on validation).",
         "",
         "## Confirmation",
         "",
@@ -379,13 +408,13 @@ def summary_markdown(
         "python -c 'from transformers import pipeline; "
         f'print(pipeline("audio-classification", model="{cfg.root}/report/model", trust_remote_code=True)'
         '("song.wav"))\'',
-        f"genre-sweep sweep --shards {cfg.shards} --storage {cfg.storage} --name {cfg.name}-more --trials 70"
-        + (f" --space {cfg.space}" if cfg.space else ""),
+        next_sweep(cfg, record),
         "```",
         "",
         "The first predicts songs with the exported model; the second uses it from Hugging Face transformers "
         'alone (a file path needs ffmpeg; `{"raw": array, "sampling_rate": sr}` does not); the third searches '
-        f"again with more trials. An interrupted sweep is finished with `--name {cfg.name} --resume`.",
+        "again with more trials, the same space ([space.yaml](space.yaml), this folder's copy of it) and the same "
+        f"recorded settings. An interrupted sweep is finished with `--name {cfg.name} --resume`.",
         "",
         "## Files",
         "",

@@ -31,6 +31,7 @@ from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.device import resolve_device
 from genre_sweep.model.evaluate import evaluate_split
 from genre_sweep.model.node_store import NodeData
+from genre_sweep.model.train import better
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import filesystem
 from genre_sweep.tune.configs import RetrainConfig, SweepError
@@ -72,12 +73,17 @@ def ranked_trials(cfg: RetrainConfig, results: tune.ResultGrid) -> list[Candidat
         df = r.metrics_dataframe
         if df is None or cfg.metric not in df or (r.metrics and TRIAL_ERROR in r.metrics):
             continue
-        df = df[df[cfg.metric].map(lambda v: isinstance(v, float | int) and math.isfinite(v))]
-        if df.empty:
+        rows = [row for _, row in df.iterrows() if math.isfinite(float(row[cfg.metric]))]
+        if not rows:
             continue
-        row = df.loc[df[cfg.metric].idxmax() if cfg.direction == "max" else df[cfg.metric].idxmin()]
+        best = rows[0]
+        for row in rows[1:]:  # the epoch the trial's training kept: the same rule (model.train.better)
+            if better(row, best, cfg.metric, cfg.direction):
+                best = row
         ranked.append(
-            Candidate(Path(r.path).name, r.path, dict(r.config), float(row[cfg.metric]), int(row["training_iteration"]))
+            Candidate(
+                Path(r.path).name, r.path, dict(r.config), float(best[cfg.metric]), int(best["training_iteration"])
+            )
         )
     if not ranked:
         failed = failures(results)
@@ -92,16 +98,21 @@ def ranked_trials(cfg: RetrainConfig, results: tune.ResultGrid) -> list[Candidat
 
 def retrain_seed(config: TrainConfig, source: NodeData) -> dict[str, Any]:
     """Ray task (a trial's resources): train ``config`` once, as a trial does, on this node's store and cache, in a
-    scratch folder; its best epoch on validation, that epoch's metrics and its trained weights."""
+    scratch folder; its best epoch on validation, that epoch's metrics, each validation clip's part in the metric
+    there, and its trained weights."""
+    from genre_sweep.model.train import clip_scores, predict_logits, split_inputs
+
     worker_logging()  # each epoch's line reaches the driver's output (and `ray job logs`)
     with tempfile.TemporaryDirectory() as tmp:
-        result = train_on_node(dataclasses.replace(config, out=str(Path(tmp) / "run")), source)
+        result, data = train_on_node(dataclasses.replace(config, out=str(Path(tmp) / "run")), source)
         weights = (result.run_dir / "best" / TRAINABLE).read_bytes()
-        val = source.load(("val",)).split("val")
+    device = resolve_device(config.device)
+    val = data.split("val")
+    logits = predict_logits(result.model, val, config.eval_batch_size, device, split_inputs(data, "val"))
     return {
         "best_epoch": result.best_epoch,
         "val": {k: result.best_metrics[k] for k in ("val_clip_acc", "val_window_acc", "val_loss")},
-        "val_clips": len(val.clip_names),
+        "clips": clip_scores(logits, val, config.metric).tolist(),
         "weights": weights,
     }
 
@@ -126,7 +137,7 @@ def test_seeds(configs: list[TrainConfig], weights: list[bytes], source: NodeDat
         log.info("test, seed %d: clip accuracy %.3f", config.seed, tests[-1]["clip_acc"])
         if i == export:
             kept = model.cpu()
-    return {"tests": tests, "model": kept}
+    return {"tests": tests, "seeds": [c.seed for c in configs], "model": kept}
 
 
 def confirm(
@@ -134,7 +145,9 @@ def confirm(
 ) -> tuple[Confirmation, dict[tuple[str, int], bytes]]:
     """Retrain each candidate with each seed (Ray tasks, as many at once as the cluster holds); the confirmation and
     each retrain's weights by (trial, seed)."""
-    seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
+    # seeds no trial used (every trial trains with --seed): a retrain with it would repeat the very run that put
+    # its candidate in the top k, and count that luck again
+    seeds = retrain_seeds(cfg)
     task = ray.remote(retrain_seed).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
     configs = {(c.trial, s): record.train_config(cfg, **c.params, seed=s) for c in candidates for s in seeds}
     log.info(
@@ -165,13 +178,17 @@ def confirm(
         mode=cfg.direction,
         candidates=candidates,
         runs=[
-            Run(trial, seed, out["best_epoch"], out["val"], trained_config(configs[trial, seed]))
+            Run(trial, seed, out["best_epoch"], out["val"], trained_config(configs[trial, seed]), out["clips"])
             for (trial, seed), out in sorted(runs.items(), key=lambda kv: (candidates_index(candidates, kv[0]), kv[0]))
         ],
-        val_clips=next(iter(runs.values()))["val_clips"],
         seconds=time.monotonic() - began,
     )
     return confirmation, {key: out["weights"] for key, out in runs.items()}
+
+
+def retrain_seeds(cfg: RetrainConfig) -> list[int]:
+    """The confirmation's seeds: ``--seed`` + 1, ..., ``--seed`` + ``--retrain-seeds``, none of them a trial's."""
+    return [cfg.seed + 1 + i for i in range(cfg.retrain_seeds)]
 
 
 def candidates_index(candidates: list[Candidate], key: tuple[str, int]) -> int:
@@ -201,9 +218,9 @@ def test_chosen(
     out = ray.get(task.remote(configs, [weights[chosen.trial, r.seed] for r in runs], source, export))
     tests = out["tests"]
 
-    def stats(key: str) -> tuple[float, float]:
+    def stats(key: str) -> tuple[float, float]:  # mean and sample std over the seeds
         values = [t[key] for t in tests]
-        return statistics.fmean(values), statistics.pstdev(values)
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     (clip, clip_sd), (window, window_sd), (f1, f1_sd) = stats("clip_acc"), stats("window_acc"), stats("clip_macro_f1")
     return {
@@ -229,6 +246,7 @@ def test_chosen(
         "test_clip_macro_f1_mean": f1,
         "test_clip_macro_f1_std": f1_sd,
         "exported_seed": runs[export].seed,
+        "tested": [{"trial": chosen.trial, "seed": seed} for seed in out["seeds"]],  # what the test split saw
         "exported_test": tests[export],
         "model": out["model"],
     }

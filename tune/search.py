@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from genre_sweep.model.train import better
 from genre_sweep.store import StoreError, StoreOptions, read_bytes, with_retries, write_to
 from genre_sweep.tune import internals
 from genre_sweep.tune.study import StudyBackup
@@ -56,7 +57,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._trials_root = trials_root  # the sweep's folder: a trial's folder is <root>/<its name>
         self._backup = backup  # copies a SQLite study to the sweep's storage after each finished trial
         self._planned: dict[str, int] = {}
-        self._best: dict[str, tuple[float, int]] = {}  # each trial's best epoch so far: (value, epoch)
+        self._best: dict[str, tuple[float, int, dict]] = {}  # each trial's best epoch so far: (value, epoch, result)
         self._reported: dict[str, set[int]] = {}  # epochs already reported to each trial's Optuna trial
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what optuna-dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -71,13 +72,13 @@ class PruneAwareOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("folder", f"{self._trials_root}/{trial_id}")
         return config
 
-    def _improves(self, trial_id: str, value: float) -> bool:
+    def _note(self, trial_id: str, result: dict) -> None:
+        """Keep ``result`` as the trial's best epoch when it beats the best so far by the rule training keeps its
+        weights by (``model.train.better``: the metric, then the validation loss, the earlier epoch on a tie)."""
         best = self._best.get(trial_id)
-        return best is None or (value > best[0] if self.mode == "max" else value < best[0])
-
-    def _note(self, trial_id: str, value: float, epoch: int) -> None:
-        if self._improves(trial_id, value):
-            self._best[trial_id] = (value, epoch)
+        if better(result, best[2] if best else None, self.metric, self.mode):
+            kept = {k: result.get(k) for k in (self.metric, "val_loss", "val_clip_acc")}
+            self._best[trial_id] = (result[self.metric], result.get("training_iteration"), kept)
 
     def told_before(self, trial_id: str) -> bool:
         """True when the study already holds this trial as finished: a driver told it, then was killed before
@@ -105,7 +106,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         super().on_trial_result(trial_id, result)
         value = result.get(self.metric)
         if value is not None:
-            self._note(trial_id, value, result.get("training_iteration"))
+            self._note(trial_id, result)
             self._reported.setdefault(trial_id, set()).add(result.get("training_iteration"))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -128,7 +129,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         done, value = result.get("training_iteration", 0), result.get(self.metric)
         if value is not None and done not in self._reported.get(trial_id, ()):
             ot_trial.report(value, done)  # the last epoch, where Tune passed it here and not to on_trial_result
-            self._note(trial_id, value, done)
+            self._note(trial_id, result)
         best = self._best.get(trial_id)
         if best is not None:
             ot_trial.set_user_attr("best_value", best[0])

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import optuna.distributions as od
+import yaml
 
 from genre_sweep.config import ConfigError, load_yaml, resolve
 from genre_sweep.model.configs import TrainConfig
@@ -28,7 +29,20 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "classifier_hidden_layer_size": {"type": "categorical", "choices": [50, 100, 200]},
 }
 # Fields a trial never takes from the space: they belong to the sweep, not to a configuration.
-NOT_SEARCHABLE = {"shards", "out", "resume", "device", "s3_endpoint", "s3_region", "pretrained"}
+# (The objective and the seed too: a trial's best epoch must be picked by the sweep's own metric, and the seed is the
+# sweep's, which the confirmation's seeds are counted from.)
+NOT_SEARCHABLE = {
+    "shards",
+    "out",
+    "resume",
+    "device",
+    "s3_endpoint",
+    "s3_region",
+    "pretrained",
+    "metric",
+    "mode",
+    "seed",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +78,11 @@ class SearchSpace:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> SearchSpace:
         return cls(dict(record["specs"]), dict(record["fixed"]))
+
+    def as_yaml(self) -> str:
+        """The space as a ``--space`` file that reads back to it (a default parameter it lacks is written as null)."""
+        removed = {name: None for name in DEFAULT_SPACE if name not in self.params}
+        return yaml.safe_dump({"space": {**self.params, **removed}, "fixed": self.fixed}, sort_keys=False)
 
     def differences(self, other: SearchSpace) -> list[tuple[str, str, str]]:
         """Each setting whose range or fixed value differs between this space and ``other``, as (``searched name`` or

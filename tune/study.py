@@ -28,7 +28,6 @@ from genre_sweep.tune.configs import RetrainConfig, SweepError
 
 log = logging.getLogger(__name__)
 
-MARKER = "genre-sweep.json"
 SQLITE = "sqlite:///"
 
 
@@ -77,6 +76,20 @@ def study_backup(cfg: RetrainConfig, url: str) -> StudyBackup | None:
     if not (url.startswith(SQLITE) and is_s3(cfg.storage)):
         return None
     return StudyBackup(url.removeprefix(SQLITE), cfg.root + "-optuna.db", cfg.options)
+
+
+def study_exists(url: str, name: str) -> bool:
+    """Whether the storage at ``url`` holds a study named ``name``; a SQLite file is only read (none: no study)."""
+    if url.startswith(SQLITE):
+        path = Path(url.removeprefix(SQLITE))
+        if not path.exists():
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+                return con.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
+        except sqlite3.Error:  # not an Optuna database yet (empty)
+            return False
+    return name in optuna.study.get_all_study_names(storage=open_storage(url))
 
 
 def open_storage(url: str, attempts: int = 4) -> optuna.storages.RDBStorage:

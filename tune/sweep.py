@@ -73,8 +73,8 @@ def capacity_requested(capacity: Capacity, trials: int, cpus: float, gpus: float
 
 
 def trial_name(trial: Any) -> str:
-    """A trial's one name (Tune's trial id, e.g. ``5f3a2_00003``): in the progress lines, its folder (so the TensorBoard
-    run), trials.csv, the report and the study's user attributes."""
+    """A trial's one name (Tune's trial id: with a search algorithm, 8 hex digits such as ``72e1db1e``): in the
+    progress lines, its folder (so the TensorBoard run), trials.csv, the report and the study's user attributes."""
     return trial.trial_id
 
 

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genre_sweep.config import replace_typed
-from genre_sweep.errors import GenreSweepError, one_line
+from genre_sweep.config import ConfigError, replace_typed
+from genre_sweep.errors import one_line
 from genre_sweep.jobs import worker_logging
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.node_store import NodeData
-from genre_sweep.store import StoreError, with_retries
+from genre_sweep.store import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,11 @@ def run_trial(config: dict[str, Any], data: NodeData, template: TrainConfig) -> 
     id, so placement is visible in the results, and whether the backbone came from the memory of the process's
     previous trial (Tune reuses a trial's actor for the next: ``reuse_actors``).
 
-    A failure of genre-sweep's own that another try cannot mend (a configuration the model refuses, a damaged
-    checkpoint: any ``GenreSweepError`` but a store outage) is not raised, which Tune would retry: the trial reports
-    it once as ``trial_error`` (with the metric as NaN, which the scheduler, the searcher and the report know) and
-    ends. Anything else (a killed process, a lost node, an outage) is raised and retried from the checkpoint.
+    A setting that cannot train (a ``ConfigError``: a value the config or the model refuses, which fails again
+    however often it is tried) is not raised, which Tune would retry: the trial reports it once as ``trial_error``
+    (with the metric as NaN, which the scheduler, the searcher and the report know) and ends. Anything else (a
+    killed process, a lost node, a store outage, an unreachable hub, a GPU a node cannot use) is raised and retried
+    from the checkpoint, up to ``--max-failures``.
     """
     started = time.perf_counter()  # per-trial overhead: from here to the first optimizer step (first_step_s)
     worker_logging()  # each epoch's line goes to the trial's stderr, which Ray forwards to the driver
@@ -45,9 +46,7 @@ def run_trial(config: dict[str, Any], data: NodeData, template: TrainConfig) -> 
 
     try:
         train_trial(config, data, template, started)
-    except StoreError:
-        raise
-    except GenreSweepError as e:
+    except ConfigError as e:
         reason = one_line(e)
         log.warning("trial %s cannot train its configuration: %s", tune.get_context().get_trial_id(), reason)
         tune.report({template.metric: math.nan, TRIAL_ERROR: reason})
@@ -78,10 +77,13 @@ def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, s
     train_on_node(replace_typed(template, values, "trial config: "), data, report, started)
 
 
-def train_on_node(cfg: TrainConfig, data: NodeData, report: Any = None, started: float | None = None) -> Any:
+def train_on_node(
+    cfg: TrainConfig, data: NodeData, report: Any = None, started: float | None = None
+) -> tuple[Any, Any]:
     """``train(cfg)`` on ``data`` mapped from this node's store, with the node's frozen-prefix cache when ``data``
     asks for one: what a trial and a confirmation's retrain both run. Each ``report`` also says whether the backbone
-    came from the memory of the process's previous run (``backbone_reused``). Returns the TrainResult."""
+    came from the memory of the process's previous run (``backbone_reused``). Returns the TrainResult and the data
+    it trained on."""
     from genre_sweep.model.train import model_for, train  # torch and transformers load in the worker's process
 
     loaded = data.load(("train", "val"))
@@ -91,7 +93,7 @@ def train_on_node(cfg: TrainConfig, data: NodeData, report: Any = None, started:
         report({**metrics, "backbone_reused": model.backbone_reused}, ckpt)
 
     cached = data.cached(loaded, model, cfg.device)
-    return train(cfg, cached, report=reported if report else None, started=started, model=model)
+    return train(cfg, cached, report=reported if report else None, started=started, model=model), cached
 
 
 def release_previous_trial() -> None:

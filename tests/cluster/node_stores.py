@@ -1,9 +1,10 @@
-"""Two worker nodes on this machine, each with a node store of its own; run by test_multinode.
+"""Worker nodes on this machine, each with a node store of its own; run by test_multinode.
 
 Each worker's raylet (and so each of its trial processes) gets its own ``GENRE_SWEEP_NODE_STORE``, as two
 machines would each have their own disk. A sweep of 4 trials, 2 at once per node, builds each node's
 dataset store and prefix cache; then a sweep with a node disk budget too small for the cache runs without
-it. Prints one line, `OUTCOME <json>`, with what happened.
+it. Then a third worker advertising a GPU joins, and a sweep whose trials ask for a GPU must run them all
+there. Prints one line, `OUTCOME <json>`, with what happened.
 """
 
 import json
@@ -66,15 +67,22 @@ for node_id, root in roots.items():
     builds[node_id] = [json.loads(line)["what"] for line in path.read_text().splitlines()] if path.exists() else []
 warnings.lines.clear()
 tight = sweep("tight", 2, node_disk_gb="0.001")
+gpu_node = cluster.add_node(num_cpus=2, num_gpus=1, env_vars={"GENRE_SWEEP_NODE_STORE": str(Path(work) / "store-g")})
+cluster.wait_for_nodes()
+# the GPU is advertised, not real: run on CPUs on purpose; 0.5 GPU per trial fits only the GPU node
+gpu = sweep("gpu", 3, gpus_per_trial="0.5", device="cpu", max_concurrent_trials="2")
 print(
     "OUTCOME",
     json.dumps(
         {
             "roomy": roomy,
-            "errors": sum(r.error is not None for r in results) + sum(r.error is not None for r in tight),
+            "errors": sum(r.error is not None for r in [*results, *tight, *gpu]),
             "builds": builds,
             "tight_cached": [bool(r.metrics["prefix_cache"]) for r in tight],
             "tight_warnings": warnings.lines,
+            "gpu_trials": len(gpu),
+            "gpu_trial_nodes": sorted({r.metrics["node_id"] for r in gpu}),
+            "gpu_node": gpu_node.node_id,
         }
     ),
     flush=True,

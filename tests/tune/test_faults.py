@@ -105,7 +105,7 @@ def test_a_sweep_rides_out_an_s3_outage_then_resumes_on_a_new_head_from_the_buck
     assert "ASHA state s3://faults/sweeps/outage-asha-state.json is unreadable" in caplog.text
     assert len([s for s in _states("outage", url) if s in FINISHED]) == 4
 
-    # A folder our sweep did not write is not unpickled: without the marker, --resume refuses it.
+    # A folder our sweep did not write is not unpickled: without the record, --resume refuses it.
     s3.delete_object(Bucket="faults", Key="sweeps/outage/genre-sweep.json")
     capsys.readouterr()
     assert sweep_main([*args, "--resume"]) == 2

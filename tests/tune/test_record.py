@@ -1,6 +1,5 @@
 """The sweep record: a new sweep's settings resolved once, and --resume/retrain reconciled with them."""
 
-import dataclasses
 import json
 
 import pytest
@@ -13,7 +12,7 @@ from genre_sweep.tune.record import SweepRecord, make_record, new_sweep, reconci
 MANIFEST = {"config": {"frames": 256}, "sources": {"fingerprint": "abc"}, "features": {}, "shards": [], "genres": []}
 
 
-def recorded(tmp_path, space_text: str | None = None, **flags) -> tuple[SweepRecord, str | None]:
+def recorded(tmp_path, space_text: str | None = None, **flags) -> SweepRecord:
     space = None
     if space_text is not None:
         space = tmp_path / "space.yaml"
@@ -42,7 +41,8 @@ def test_a_new_sweep_records_its_settings_space_and_the_complete_trial_template(
 
 def test_resume_and_retrain_take_what_was_left_out_from_the_record(tmp_path):
     record = recorded(tmp_path, None, metric="val_loss", seed="5", pretrained="tiny")
-    cfg = reconcile(resolve(SweepConfig, {"storage": str(tmp_path), "resume": "true"}), record, None, "--resume")
+    data = Dataset("/data", MANIFEST)
+    cfg = reconcile(resolve(SweepConfig, {"storage": str(tmp_path), "resume": "true"}), record, data, "--resume")
     assert (cfg.shards, cfg.metric, cfg.mode, cfg.seed, cfg.pretrained) == ("/data", "val_loss", "min", 5, "tiny")
     assert cfg.max_t == 20 and cfg.grace_period == 1
     same = resolve(RetrainConfig, {"storage": str(tmp_path), "shards": "/elsewhere", "metric": "val_loss", "seed": "5"})
@@ -59,25 +59,31 @@ def test_resume_and_retrain_take_what_was_left_out_from_the_record(tmp_path):
         ({"mode": "max"}, "--mode max contradicts .* which has min"),
         ({"pretrained": "small"}, "--pretrained small contradicts .* which has tiny"),
         ({"grace_period": "2"}, "--grace-period 2 contradicts .* which has 1"),
+        ({"trials": "9"}, "--trials 9 contradicts .* which has 35"),  # Tune would restore 35 and ignore it
+        ({"max_concurrent_trials": "2"}, "--max-concurrent-trials 2 contradicts .* which has unset"),
     ],
 )
 def test_a_flag_that_contradicts_the_record_is_refused_naming_both_values(tmp_path, flags, message):
     record = recorded(tmp_path, None, metric="val_loss", pretrained="tiny")
     cfg = resolve(SweepConfig, {"storage": str(tmp_path), "resume": "true", **flags})
     with pytest.raises(SweepError, match=message):
-        reconcile(cfg, record, None, "--resume")
+        reconcile(cfg, record, Dataset("/data", MANIFEST), "--resume")
 
 
 def test_other_data_or_another_space_is_refused(tmp_path):
     record = recorded(tmp_path, "fixed:\n  batch_size: 4\nspace:\n  batch_size: null\n")
-    other = dataclasses.replace(Dataset("/data", {**MANIFEST, "genres": ["jazz"]}))
+    other = Dataset("/data", {**MANIFEST, "genres": ["jazz"]})
     cfg = resolve(RetrainConfig, {"storage": str(tmp_path), "shards": "/data"})
     with pytest.raises(SweepError, match="--shards /data holds other data than the sweep record"):
         reconcile(cfg, record, other, "retrain")
+    # the recorded location prepared again since: refused too, though --shards was left out
+    with pytest.raises(SweepError, match="the sweep's dataset /data holds other data .* prepared again since"):
+        reconcile(resolve(RetrainConfig, {"storage": str(tmp_path)}), record, other, "retrain")
+    same = Dataset("/data", MANIFEST)
     (tmp_path / "s2.yaml").write_text("fixed:\n  batch_size: 8\nspace:\n  batch_size: null\n")
     cfg = resolve(RetrainConfig, {"storage": str(tmp_path), "space": str(tmp_path / "s2.yaml")})
     with pytest.raises(SweepError, match="fixed batch_size: 8 given, 4 in the record"):
-        reconcile(cfg, record, None, "retrain")
+        reconcile(cfg, record, same, "retrain")
     (tmp_path / "s3.yaml").write_text("fixed:\n  batch_size: 4.0\nspace:\n  batch_size: null\n")  # the same, typed
     cfg = resolve(RetrainConfig, {"storage": str(tmp_path), "space": str(tmp_path / "s3.yaml")})
-    assert reconcile(cfg, record, None, "retrain").shards == "/data"
+    assert reconcile(cfg, record, same, "retrain").shards == "/data"

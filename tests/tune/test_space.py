@@ -40,6 +40,11 @@ def test_a_yaml_file_changes_removes_adds_and_fixes(tmp_path):
         ("fixed:\n  gradient_accumulation_steps: 0\n", "fixed: gradient_accumulation_steps must be >= 1"),
         ("fixed:\n  compile: reduce-overhead\n", "CUDA graphs belong to the thread"),
         ("space:\n  compile: {type: categorical, choices: [off, default]}\n", "compile is not searched"),
+        ("fixed:\n  metric: val_loss\n", "'metric' is not a training setting"),  # the sweep's own --metric
+        ("fixed:\n  mode: min\n", "'mode' is not a training setting"),
+        ("space:\n  seed: {type: int, low: 0, high: 9}\n", "'seed' is not a training setting"),
+        ("space:\n  batch_size: {type: categorical, choices: [8, 0]}\n", "batch_size: choice 0: batch_size must be"),
+        ("space:\n  learning_rate: {type: float, low: 0.0, high: 0.1}\n", "learning_rate: low 0.0: learning_rate must"),
     ],
 )
 def test_bad_space_files_are_named_with_the_problem(tmp_path, text, message):
@@ -59,3 +64,14 @@ def test_the_prefix_cache_ends_below_every_trial_s_lowest_adapter(tmp_path):
     assert load_space(str(path)).lowest_adapted_layer() == 7
     path.write_text("space:\n  encoder_min_layer_to_update: null\n")  # neither: the trainer's default
     assert load_space(str(path)).lowest_adapted_layer() == 10
+
+
+def test_a_space_written_as_yaml_reads_back_the_same(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "space:\n  warmup_ratio: null\n  batch_size: {type: categorical, choices: [4, 8]}\nfixed:\n  compile: off\n"
+    )
+    space = load_space(str(path))
+    (tmp_path / "copy.yaml").write_text(space.as_yaml())
+    assert load_space(str(tmp_path / "copy.yaml")).differences(space) == []
+    assert load_space(None).differences(space) != []
