@@ -367,7 +367,7 @@ def test_a_sweeps_output_shows_every_trials_epochs_and_the_retrain(sweep_shards,
     trial_epochs = sum(len(t.intermediate_values) for t in study.trials)
     retrain_epochs = json.loads((tmp_path / "p" / "report" / "retrain.json").read_text())["per_seed"][0]
     assert trial_epochs == 4 and len(epochs) >= trial_epochs + 1, output[-3000:]
-    assert ", seed 0: best epoch" in output and "test, seed 0: clip accuracy" in output  # the retrains, from the tasks
+    assert ", seed 1: best epoch" in output and "test, seed 1: clip accuracy" in output  # the retrains, from the tasks
     assert retrain_epochs["best_epoch"] >= 1
     assert "is already reported" not in output  # Optuna is told each epoch once
     # each trial's overhead, measured from Tune's start of it (actor start included), and their summary
