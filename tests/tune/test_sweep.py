@@ -357,6 +357,7 @@ def test_a_sweeps_output_shows_every_trials_epochs_and_the_retrain(sweep_shards,
         "fixed:\n  gradient_accumulation_steps: 1\n  batch_size: 16\n  num_train_epochs: 2\n"
     )
     args = sweep_args(sweep_shards, tmp_path, "p", space, 2, "--retrain-seeds", "1", "--max-concurrent-trials", "2")
+    args += ["--confirm-top", "1"]
     done = subprocess.run(
         [sys.executable, "-m", "genre_sweep", "sweep", *args], capture_output=True, text=True, timeout=420
     )
