@@ -194,7 +194,6 @@ def load_yaml(path: str, what: str) -> Any:
 def resolve(cls: type[C], overrides: dict[str, Any], config_file: str | None = None) -> C:
     """Defaults, then the YAML file's values, then ``overrides`` (already-typed values or flag strings)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
     sourced: dict[str, tuple[Any, str]] = {}  # field -> (value, where it came from)
     if config_file:
         loaded = load_yaml(config_file, "--config")
@@ -213,9 +212,7 @@ def resolve(cls: type[C], overrides: dict[str, Any], config_file: str | None = N
         if name not in fields:
             raise ConfigError(f"unknown config field {name!r}; known: {sorted(fields)}")
         sourced[name] = (value, flag(name))
-    typed = {
-        name: _convert(hints[name], _yaml_word(fields[name], value), where) for name, (value, where) in sourced.items()
-    }
+    typed = _typed(cls, sourced)
     missing = [flag(n) for n, f in fields.items() if n not in typed and _required(f)]
     if missing:
         raise ConfigError("missing required " + ", ".join(missing))
@@ -227,16 +224,24 @@ def resolve(cls: type[C], overrides: dict[str, Any], config_file: str | None = N
         raise ConfigError(str(e)) from e
 
 
+def _typed(cls: type, sourced: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+    """Each field's value (name -> (value, where it came from)) as the field's type: what ``resolve`` and
+    ``replace_typed`` both do to a flag string, a YAML value or an already-typed value."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    return {
+        name: _convert(hints[name], _yaml_word(fields[name], value), where) for name, (value, where) in sourced.items()
+    }
+
+
 def replace_typed(config: C, values: dict[str, Any], where: str = "") -> C:
     """``dataclasses.replace(config, **values)`` with each value typed as ``resolve`` types a flag (a trial's searched
     values, a record's), and validated again; a bad one is a ConfigError naming it (``where`` says whence)."""
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    hints = typing.get_type_hints(type(config))
-    typed = {}
-    for name, value in values.items():
-        if name not in fields:
-            raise ConfigError(f"{where}unknown config field {name!r}; known: {sorted(fields)}")
-        typed[name] = _convert(hints[name], _yaml_word(fields[name], value), f"{where}{name}")
+    known = {f.name for f in dataclasses.fields(config)}
+    for name in values:
+        if name not in known:
+            raise ConfigError(f"{where}unknown config field {name!r}; known: {sorted(known)}")
+    typed = _typed(type(config), {name: (value, f"{where}{name}") for name, value in values.items()})
     try:
         return dataclasses.replace(config, **typed)
     except ConfigError as e:

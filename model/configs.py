@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from genre_sweep.config import check, field
 from genre_sweep.store import StoreFlags
@@ -30,6 +31,13 @@ MODE_HELP = "max or min: whether a higher --metric is better; unset: the metric'
 def metric_mode(metric: str, mode: str | None) -> str:
     """The mode of ``metric``: ``mode`` when given, else the metric's own direction."""
     return mode or METRICS[metric]
+
+
+def score(value: float | None, mode: str) -> float:
+    """``value`` as a number to maximise under ``mode`` (max or min); a missing value or a NaN is the worst there is.
+    Every ranking by the objective (epochs, trials, candidates, seeds) compares these."""
+    value = math.nan if value is None else float(value)
+    return -math.inf if math.isnan(value) else (value if mode == "max" else -value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ from genre_sweep.model.checkpoint import (
     restore_best,
     save_checkpoint,
 )
-from genre_sweep.model.configs import TrainConfig
+from genre_sweep.model.configs import TrainConfig, score
 from genre_sweep.model.data import (
     RESIDENT_MAX_BYTES,
     RESIDENT_SHARE,
@@ -242,14 +242,8 @@ def validation_metrics(logits: torch.Tensor, split: SplitArrays, prefix: str = "
 def epoch_key(metrics: dict[str, float], metric: str, mode: str) -> tuple[float, float]:
     """How good an epoch is, as a key to maximise: ``metric`` in its direction (``mode`` max or min), then the lower
     validation loss (the higher clip accuracy when the loss is the metric); a NaN is the worst value there is."""
-    sign = 1.0 if mode == "max" else -1.0
-    other, other_sign = ("val_clip_acc", 1.0) if metric == "val_loss" else ("val_loss", -1.0)
-
-    def signed(value: Any, s: float) -> float:
-        value = float(value) if value is not None else math.nan
-        return -math.inf if math.isnan(value) else s * value
-
-    return signed(metrics.get(metric), sign), signed(metrics.get(other), other_sign)
+    other, other_mode = ("val_clip_acc", "max") if metric == "val_loss" else ("val_loss", "min")
+    return score(metrics.get(metric), mode), score(metrics.get(other), other_mode)
 
 
 def better(new: dict[str, float], old: dict[str, float] | None, metric: str, mode: str) -> bool:

@@ -12,6 +12,8 @@ import math
 import statistics
 from typing import Any
 
+from genre_sweep.model.configs import score
+
 Z95 = 1.96  # the normal quantile of a two-sided 95 % interval
 
 
@@ -83,9 +85,7 @@ class Confirmation:
         return len(self.runs[0].clips)
 
     def _key(self, c: Candidate) -> tuple[float, int]:
-        mean = self.mean(c.trial)
-        sign = 1.0 if self.mode == "max" else -1.0
-        return (-math.inf if math.isnan(mean) else sign * mean), -self.candidates.index(c)
+        return score(self.mean(c.trial), self.mode), -self.candidates.index(c)
 
     @property
     def chosen(self) -> Candidate:

@@ -110,12 +110,12 @@ def before_sweep(cfg: C, action: str | None, test_split: bool) -> tuple[C, Sweep
                 f"a sweep named {cfg.name!r} is already in {cfg.storage}: finish it with --resume, or give another "
                 "--name"
             )
-        if study_exists(cfg.study_storage or cfg.study_url(), cfg.name):
-            raise SweepError(
-                f"the study {cfg.name!r} already exists in {cfg.study_storage or cfg.study_url()} (another sweep's): "
-                "give another --name, or --study-storage"
-            )
         url = cfg.study_url()
+        if study_exists(url, cfg.name):
+            raise SweepError(
+                f"the study {cfg.name!r} already exists in {url} (another sweep's): give another --name, or "
+                "--study-storage"
+            )
         return dataclasses.replace(cfg, study_storage=url), make_record(cfg, space, dataset, url)
     check_storage_writable(cfg.storage, cfg.options)
     if not tune.Tuner.can_restore(storage_path + "/" + cfg.name, storage_filesystem=fs):

@@ -15,6 +15,7 @@ from typing import Any
 
 from ray import tune
 
+from genre_sweep.model.configs import score
 from genre_sweep.tune.trial import TRIAL_ERROR
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,7 @@ class SweepProgress(tune.Callback):
         epochs = int(trial.last_result.get("training_iteration", 0))
         planned = int(trial.config.get("num_train_epochs", self.default_epochs))
         value = trial.metric_analysis.get(self.metric, {}).get(self.mode)
-        if value is not None and (
-            self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
-        ):
+        if value is not None and (self.best is None or score(value, self.mode) > score(self.best[0], self.mode)):
             self.best = (value, trial.trial_id)
         how = "complete" if epochs >= planned else f"stopped by ASHA after {epochs} of {planned} epochs"
         best = f"best so far {self.best[0]:.3f} (trial {self.best[1]})" if self.best else "no result yet"

@@ -58,11 +58,15 @@ class SweepRecord:
 
     def train_config(self, cfg: RetrainConfig, **values: Any) -> TrainConfig:
         """The template on ``cfg``'s shards and store, with ``values`` (searched values, a seed, ``out``) put in."""
-        where = {"shards": cfg.shards, "out": "-", "s3_endpoint": cfg.s3_endpoint, "s3_region": cfg.s3_region}
-        return replace_typed(resolve(TrainConfig, {**self.template, **where}), values)
+        return replace_typed(resolve(TrainConfig, {**self.template, **where(cfg)}), values)
 
     def as_json(self) -> bytes:
         return json.dumps({"written_by": WRITER, "format": FORMAT, **dataclasses.asdict(self)}, indent=2).encode()
+
+
+def where(cfg: RetrainConfig) -> dict[str, Any]:
+    """A training config's ``WHERE`` fields for ``cfg``'s run: its shards and store (``out`` a placeholder)."""
+    return {"shards": cfg.shards, "out": "-", "s3_endpoint": cfg.s3_endpoint, "s3_region": cfg.s3_region}
 
 
 def new_sweep(cfg: SweepConfig) -> tuple[SweepConfig, SearchSpace]:
@@ -75,8 +79,7 @@ def new_sweep(cfg: SweepConfig) -> tuple[SweepConfig, SearchSpace]:
 
 def template(cfg: RetrainConfig, space: SearchSpace) -> TrainConfig:
     """The complete training config every trial of a sweep with ``cfg`` and ``space`` starts from."""
-    values = {"shards": cfg.shards, "out": "-", "s3_endpoint": cfg.s3_endpoint, "s3_region": cfg.s3_region}
-    values |= {"pretrained": cfg.pretrained, "seed": cfg.seed, "device": cfg.device}
+    values = where(cfg) | {"pretrained": cfg.pretrained, "seed": cfg.seed, "device": cfg.device}
     values |= {"metric": cfg.metric, "mode": cfg.direction}
     try:
         return resolve(TrainConfig, {**values, **space.fixed})

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from genre_sweep.data.shards import Dataset  # noqa: E402
+from genre_sweep.model.configs import score  # noqa: E402
 from genre_sweep.model.evaluate import plot_confusion  # noqa: E402
 from genre_sweep.model.export import export_model  # noqa: E402
 from genre_sweep.store import StoreOptions, filesystem, join, write_atomic, write_bytes  # noqa: E402
@@ -144,8 +145,7 @@ def best_and_last(trial: optuna.trial.FrozenTrial, mode: str) -> tuple[Any, Any,
     finite = {e: v for e, v in trial.intermediate_values.items() if v is not None and math.isfinite(v)}
     if not finite:
         return None, None, None, None
-    sign = 1.0 if mode == "max" else -1.0
-    best = max(sorted(finite), key=lambda e: sign * finite[e])
+    best = max(sorted(finite), key=lambda e: score(finite[e], mode))
     last = max(finite)
     return finite[best], best, finite[last], last
 

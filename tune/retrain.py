@@ -27,11 +27,11 @@ from genre_sweep.data.shards import open_dataset
 from genre_sweep.errors import one_line, user_error
 from genre_sweep.jobs import worker_logging
 from genre_sweep.model.checkpoint import TRAINABLE, load_trainable
-from genre_sweep.model.configs import TrainConfig
+from genre_sweep.model.configs import TrainConfig, score
 from genre_sweep.model.device import resolve_device
 from genre_sweep.model.evaluate import evaluate_split
 from genre_sweep.model.node_store import NodeData
-from genre_sweep.model.train import better
+from genre_sweep.model.train import epoch_key
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import filesystem
 from genre_sweep.tune.configs import RetrainConfig, SweepError
@@ -76,10 +76,8 @@ def ranked_trials(cfg: RetrainConfig, results: tune.ResultGrid) -> list[Candidat
         rows = [row for _, row in df.iterrows() if math.isfinite(float(row[cfg.metric]))]
         if not rows:
             continue
-        best = rows[0]
-        for row in rows[1:]:  # the epoch the trial's training kept: the same rule (model.train.better)
-            if better(row, best, cfg.metric, cfg.direction):
-                best = row
+        # the epoch the trial's training kept, by its rule (the first of equals, as model.train.better keeps it)
+        best = max(rows, key=lambda row: epoch_key(row, cfg.metric, cfg.direction))
         ranked.append(
             Candidate(
                 Path(r.path).name, r.path, dict(r.config), float(best[cfg.metric]), int(best["training_iteration"])
@@ -92,8 +90,7 @@ def ranked_trials(cfg: RetrainConfig, results: tune.ResultGrid) -> list[Candidat
             f"no trial of {cfg.root} reported a {cfg.metric} to retrain from ({len(failed)} of {len(results)} "
             f"trials failed{why})"
         )
-    sign = 1.0 if cfg.direction == "max" else -1.0
-    return sorted(ranked, key=lambda c: -sign * c.value)  # a stable sort: ties keep Tune's order
+    return sorted(ranked, key=lambda c: -score(c.value, cfg.direction))  # a stable sort: ties keep Tune's order
 
 
 def retrain_seed(config: TrainConfig, source: NodeData) -> dict[str, Any]:
@@ -211,8 +208,7 @@ def test_chosen(
     figures, the exported seed (the best on validation) and its model and evaluation."""
     chosen = confirmation.chosen
     runs = confirmation.runs_of(chosen.trial)
-    sign = 1.0 if confirmation.mode == "max" else -1.0
-    export = max(range(len(runs)), key=lambda i: (sign * runs[i].val[cfg.metric], -i))
+    export = max(range(len(runs)), key=lambda i: (score(runs[i].val[cfg.metric], confirmation.mode), -i))
     configs = [record.train_config(cfg, **chosen.params, seed=r.seed) for r in runs]
     task = ray.remote(test_seeds).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
     out = ray.get(task.remote(configs, [weights[chosen.trial, r.seed] for r in runs], source, export))

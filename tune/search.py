@@ -57,7 +57,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._trials_root = trials_root  # the sweep's folder: a trial's folder is <root>/<its name>
         self._backup = backup  # copies a SQLite study to the sweep's storage after each finished trial
         self._planned: dict[str, int] = {}
-        self._best: dict[str, tuple[float, int, dict]] = {}  # each trial's best epoch so far: (value, epoch, result)
+        self._best: dict[str, tuple[int, dict]] = {}  # each trial's best epoch so far: (epoch, its metrics)
         self._reported: dict[str, set[int]] = {}  # epochs already reported to each trial's Optuna trial
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what optuna-dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -76,9 +76,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
         """Keep ``result`` as the trial's best epoch when it beats the best so far by the rule training keeps its
         weights by (``model.train.better``: the metric, then the validation loss, the earlier epoch on a tie)."""
         best = self._best.get(trial_id)
-        if better(result, best[2] if best else None, self.metric, self.mode):
+        if better(result, best[1] if best else None, self.metric, self.mode):
             kept = {k: result.get(k) for k in (self.metric, "val_loss", "val_clip_acc")}
-            self._best[trial_id] = (result[self.metric], result.get("training_iteration"), kept)
+            self._best[trial_id] = (result.get("training_iteration"), kept)
 
     def told_before(self, trial_id: str) -> bool:
         """True when the study already holds this trial as finished: a driver told it, then was killed before
@@ -132,8 +132,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._note(trial_id, result)
         best = self._best.get(trial_id)
         if best is not None:
-            ot_trial.set_user_attr("best_value", best[0])
-            ot_trial.set_user_attr("best_epoch", best[1])
+            ot_trial.set_user_attr("best_value", best[1][self.metric])
+            ot_trial.set_user_attr("best_epoch", best[0])
         if value is not None:
             ot_trial.set_user_attr("last_value", value)
             ot_trial.set_user_attr("last_epoch", done)
@@ -141,7 +141,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if done < self._planned.get(trial_id, done):
             study.tell(ot_trial, state=TrialState.PRUNED)  # Optuna makes the last epoch's value its value
         else:  # a trial's score is its best epoch, the one training keeps
-            study.tell(ot_trial, None if best is None else best[0])
+            study.tell(ot_trial, None if best is None else best[1][self.metric])
 
 
 class PersistentASHA(ASHAScheduler):
