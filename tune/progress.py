@@ -95,6 +95,11 @@ class SweepProgress(tune.Callback):
             "" if overhead is None else f" (its first step came {overhead:.1f} s after Tune started it)",
         )
 
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        # the driver now holds this epoch's checkpoint: a trial lost from here on resumes from it
+        epoch = int((trial.last_result or {}).get("training_iteration", 0))
+        log.debug("trial %s: checkpoint of epoch %d kept", trial.trial_id, epoch)
+
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epoch = int((trial.last_result or {}).get("training_iteration", 0))
         where = f"its checkpoint of epoch {epoch}" if trial.checkpoint is not None else "its start (no checkpoint yet)"

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from genre_sweep.tune.sweep import main as sweep_main
+from tests.tune.test_search import SetOn
 from tests.tune.test_sweep import sweep_args
 
 FINISHED = ("COMPLETE", "PRUNED")
@@ -136,8 +137,18 @@ def test_a_killed_trial_process_is_retried_from_its_checkpoint_and_told_to_the_s
             p.kill()
             killed.append(p.pid)
 
-    with caplog.at_level(logging.INFO, logger="genre_sweep"):
-        code = _sweep_with_fault(args, lambda: bool(list((storage / name).glob("*/checkpoint_000000"))), kill)
+    # once the driver holds epoch 1's checkpoint (its folder appears while it uploads, before the driver has it)
+    kept = threading.Event()
+    progress = logging.getLogger("genre_sweep.tune.progress")
+    seen, level = SetOn("checkpoint of epoch 1 kept", kept), progress.level
+    progress.addHandler(seen)
+    progress.setLevel(logging.DEBUG)
+    try:
+        with caplog.at_level(logging.INFO, logger="genre_sweep"):
+            code = _sweep_with_fault(args, kept.is_set, kill)
+    finally:
+        progress.removeHandler(seen)
+        progress.setLevel(level)
     assert code == 0 and killed
     assert "failed (failure 1); retrying it from its checkpoint of epoch" in caplog.text
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
