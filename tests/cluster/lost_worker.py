@@ -1,11 +1,12 @@
 """Prepare and sweep on a multi-node Ray cluster on this machine, losing a worker mid-sweep; run by test_multinode.
 
-The head holds no CPUs, so every prepare task and every trial runs on the two 2-CPU workers. Once a
-trial has reported from the second worker, that worker is removed (its processes killed, as when a
-spot instance goes away). Prints one line, `OUTCOME <json>`, with what happened.
+The head holds no CPUs, so every prepare task and every trial runs on the two 2-CPU workers. Once both
+trials on the second worker have reported from it and the driver holds their checkpoints, that worker is
+removed (its processes killed, as when a spot instance goes away). Prints one line, `OUTCOME <json>`, with what happened.
 """
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -45,17 +46,39 @@ manifest = run_prepare(
 )
 
 removed_at: list[float] = []
+kept: set[str] = set()  # trials whose checkpoint the driver holds (SweepProgress logs each at DEBUG)
+
+
+class Kept(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "checkpoint of epoch" in message:
+            kept.add(message.split()[1].rstrip(":"))
+
+
+progress = logging.getLogger("genre_sweep.tune.progress")
+progress.addHandler(Kept())
+progress.setLevel(logging.DEBUG)
 
 
 def remove_worker_once_it_reports() -> None:
-    """Waits for a trial result from the doomed node, then kills that node."""
+    """Kills the doomed node once both trials it runs have reported from it and the driver holds their checkpoints.
+
+    Waiting for the driver's copy (not the result alone, nor the checkpoint's folder) is what makes "resumes from
+    its checkpoint" the only right outcome: a trial killed before its first checkpoint reached the driver rightly
+    starts again from epoch 1.
+    """
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        for results in Path(work, "sweeps", "lost").glob("*/result.json"):
-            if doomed.node_id in results.read_text():
-                cluster.remove_node(doomed, allow_graceful=False)
-                removed_at.append(time.monotonic())
-                return
+        on_doomed = {
+            results.parent.name
+            for results in Path(work, "sweeps", "lost").glob("*/result.json")
+            if doomed.node_id in results.read_text()
+        }
+        if len(on_doomed) >= 2 and on_doomed <= kept:  # the node's 2 CPUs run 2 one-CPU trials
+            cluster.remove_node(doomed, allow_graceful=False)
+            removed_at.append(time.monotonic())
+            return
         time.sleep(0.2)
 
 
