@@ -1,4 +1,5 @@
-"""What every job's entry point shares: logging set-up, and every expected failure as one line and exit code 2."""
+"""What every job's entry point shares: logging set-up, every expected failure as one line and exit code 2, and
+an interrupt (Ctrl-C, SIGTERM) as one line and exit code 130 or 143."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from genre_sweep.errors import one_line, user_error
+from genre_sweep.interrupt import Interrupted, interruptible
 
 log = logging.getLogger("genre_sweep")
 
@@ -34,10 +36,15 @@ def worker_logging() -> None:
 
 def run_job(body: Callable[[], int | None], level: int = logging.INFO) -> int:
     """Run ``body``; its int (or 0) is the exit code. A ``GenreSweepError`` from any package, raised here
-    or inside a Ray task, ends it with one ``error: ...`` line and exit code 2."""
+    or inside a Ray task, ends it with one ``error: ...`` line and exit code 2; Ctrl-C or SIGTERM with one
+    ``interrupted ...`` line (saying how to finish, where the job knows) and exit code 128 + the signal."""
     configure_logging(level)
     try:
-        code = body()
+        with interruptible():
+            code = body()
+    except Interrupted as e:
+        print(e.line(), file=sys.stderr)
+        return e.exit_code
     except Exception as e:
         known = user_error(e)
         if known is None:

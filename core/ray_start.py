@@ -10,6 +10,7 @@ import yaml
 
 from genre_sweep.config import ConfigError
 from genre_sweep.errors import GenreSweepError
+from genre_sweep.interrupt import install
 
 # Where `ray up` puts the cluster config on the head (Ray's monitor reads it from there).
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
@@ -39,6 +40,7 @@ def init_ray(address: str | None) -> None:
         address = "local"
     try:
         ray.init(address=address, log_to_driver=True)
+        install()  # ray.init made SIGTERM exit with code 15: a job stops in one line with 143 instead
     except (ConnectionError, RuntimeError) as e:
         if not _refused_token(e):
             raise

@@ -7,12 +7,16 @@ the best configuration of a finished sweep, and a sweep adds the search's own.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from genre_sweep.config import check, field
 from genre_sweep.errors import GenreSweepError
 from genre_sweep.model.configs import HUB_DEFAULT, METRICS, MODE_HELP, PRETRAINED_HELP, metric_mode
 from genre_sweep.store import StoreFlags, absolute, is_s3
+
+# a sweep's name is one folder under --storage: never `.`, `..` or a path
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 class SweepError(GenreSweepError, RuntimeError):
@@ -94,7 +98,11 @@ class RetrainConfig(StoreFlags):
         check(self.metric in (None, *METRICS), f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         check(self.mode in (None, "max", "min"), f"mode must be max or min, got {self.mode!r}")
         check(self.node_disk_gb is None or self.node_disk_gb > 0, f"node_disk_gb must be > 0, got {self.node_disk_gb}")
-        check(bool(self.name) and "/" not in self.name, f"name must be a plain folder name, got {self.name!r}")
+        check(
+            PLAIN_NAME.fullmatch(self.name) is not None,
+            f"name must be a plain folder name (letters, digits, '.', '_', '-'; not starting with '.'), "
+            f"got {self.name!r}",
+        )
 
     @property
     def root(self) -> str:
@@ -200,7 +208,11 @@ class LaunchConfig(StoreFlags):
 
     def __post_init__(self) -> None:
         check(self.trials is None or self.trials >= 1, f"trials must be >= 1, got {self.trials}")
-        check(bool(self.name) and "/" not in self.name, f"name must be a plain folder name, got {self.name!r}")
+        check(
+            PLAIN_NAME.fullmatch(self.name) is not None,
+            f"name must be a plain folder name (letters, digits, '.', '_', '-'; not starting with '.'), "
+            f"got {self.name!r}",
+        )
 
     @property
     def shards(self) -> str:

@@ -1,9 +1,12 @@
 """Every use of Ray's and Optuna's private attributes, in one place, each failing loudly when an upgrade changes it.
 
-Ray gives no public way to do four things the sweep needs: tell OptunaSearch's study a trial's final state
+Ray gives no public way to do seven things the sweep needs: tell OptunaSearch's study a trial's final state
 itself (to record ASHA-stopped trials as PRUNED), save and restore ASHA's rungs (Tune saves no scheduler
-state), hand a restored Tuner its scheduler back, and validate a cluster config offline the way `ray up`
-does. Each accessor checks the attribute's presence and shape and raises ``LibraryChanged`` naming it;
+state), hand a restored Tuner its scheduler back, validate a cluster config offline the way `ray up`
+does, stop a running ``Tuner.fit`` gracefully on SIGTERM as on Ctrl-C, and keep the driver's AWS credentials
+out of the runtime environment Tune gives every trial (Ray's runtime-env agent logs it in plain text), and let
+a resumed sweep's retention pass over checkpoints its killed driver had already deleted. Each
+accessor checks the attribute's presence and shape and raises ``LibraryChanged`` naming it;
 ``tests/tune/test_internals.py`` runs them all against the installed Ray and Optuna in a second.
 """
 
@@ -47,6 +50,14 @@ def optuna_study(searcher: Any) -> Any:
 def optuna_trial(searcher: Any, trial_id: str) -> Any | None:
     """The Optuna trial an ``OptunaSearch`` asked for Tune trial ``trial_id`` (``_ot_trials``), if any."""
     return _attr(searcher, "_ot_trials", dict).get(trial_id)
+
+
+def running_trial(study: Any, frozen: Any) -> Any:
+    """The live ``optuna.Trial`` of a RUNNING ``FrozenTrial`` (its storage id, ``_trial_id``), to set its user
+    attributes before it is told."""
+    import optuna
+
+    return optuna.trial.Trial(study, _attr(frozen, "_trial_id", int))
 
 
 def completed_trials(searcher: Any) -> set[str]:
@@ -119,3 +130,81 @@ def prepare_cluster_config(config: dict[str, Any]) -> dict[str, Any]:
     full = prepare_config(config)
     validate_config(full)
     return full
+
+
+# --- Ray Tune's run loop: the graceful stop its own Ctrl-C handler makes ------------------------------------
+
+
+def request_tune_stop() -> None:
+    """Ask a running ``Tuner.fit`` (in this process's main thread) to stop as its Ctrl-C handler does: Tune saves
+    its experiment state and stops the trials, keeping them resumable. Tune installs that handler for SIGUSR1 too
+    for the length of the run (``ray.tune.tune._setup_signal_catching``); this calls it."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGUSR1)
+    if not callable(handler) or "_setup_signal_catching" not in getattr(handler, "__qualname__", ""):
+        raise LibraryChanged(
+            "Tune no longer installs its stop handler for SIGUSR1 during Tuner.fit "
+            f"(found {handler!r}); genre_sweep/tune/internals.py needs updating for the installed Ray"
+        )
+    handler(signal.SIGUSR1, None)
+
+
+# --- Ray Tune's trial actors: the driver's environment variables it copies into them ------------------------
+
+AWS_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+def keep_credentials_out_of_trials() -> None:
+    """Tune copies the driver's AWS credentials into every trial actor's runtime environment
+    (``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``), which Ray's runtime-env agent writes to its log in
+    plain text. Remove them: a trial's node uses its own credentials (instance profile, or the AWS chain of the
+    environment Ray was started in)."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError as e:
+        raise LibraryChanged(
+            f"ray.tune.execution.class_cache is gone ({e}); genre_sweep/tune/internals.py needs updating"
+        ) from e
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if not isinstance(propagated, set):
+        raise LibraryChanged(
+            "ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE is no longer a set; "
+            "genre_sweep/tune/internals.py needs updating for the installed Ray"
+        )
+    propagated.difference_update(AWS_CREDENTIALS)
+
+
+# --- Ray Train's checkpoint retention: deleting a checkpoint that is already gone ---------------------------
+
+
+def tolerate_deleted_checkpoints() -> None:
+    """A resumed sweep's Tune restores each trial's list of kept checkpoints from its last snapshot; a driver
+    killed after that snapshot may have deleted some of them already. Retention then deletes them again, which
+    raises ``FileNotFoundError`` inside Tune's checkpoint handling (a logged traceback, and that checkpoint's
+    bookkeeping cut short). Make deleting a checkpoint that is gone a no-op
+    (``ray.train._internal.checkpoint_manager._delete_fs_path``)."""
+    try:
+        from ray.train._internal import checkpoint_manager
+    except ImportError as e:
+        raise LibraryChanged(
+            f"ray.train._internal.checkpoint_manager is gone ({e}); internals.py needs updating"
+        ) from e
+    delete = getattr(checkpoint_manager, "_delete_fs_path", None)
+    if not callable(delete):
+        raise LibraryChanged(
+            "ray.train._internal.checkpoint_manager._delete_fs_path is gone; "
+            "genre_sweep/tune/internals.py needs updating for the installed Ray"
+        )
+    if getattr(delete, "tolerates_deleted", False):
+        return
+
+    def delete_if_there(fs: Any, fs_path: str) -> None:
+        try:
+            delete(fs=fs, fs_path=fs_path)
+        except FileNotFoundError:
+            pass  # deleted before the driver that is resuming now was started
+
+    delete_if_there.tolerates_deleted = True  # type: ignore[attr-defined]
+    delete_if_there.wrapped = delete  # type: ignore[attr-defined]
+    checkpoint_manager._delete_fs_path = delete_if_there

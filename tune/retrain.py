@@ -34,6 +34,7 @@ from genre_sweep.model.node_store import NodeData
 from genre_sweep.model.train import epoch_key
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import filesystem
+from genre_sweep.tune import lease
 from genre_sweep.tune.configs import RetrainConfig, SweepError
 from genre_sweep.tune.confirm import Candidate, Confirmation, Run, top_candidates
 from genre_sweep.tune.preflight import before_sweep, cache_start
@@ -299,8 +300,9 @@ def failed_trials_exit(cfg: RetrainConfig, results: tune.ResultGrid) -> int:
 
 def run(cfg: RetrainConfig) -> None:
     cfg, record = before_sweep(cfg, "retrain", test_split=True)
-    init_ray(cfg.ray_address)
-    retrain_and_report(cfg, record, load_results(cfg), trial_source(cfg, record))
+    with lease.holding(cfg.root, cfg.name, cfg.options):  # not while the sweep's own driver still runs
+        init_ray(cfg.ray_address)
+        retrain_and_report(cfg, record, load_results(cfg), trial_source(cfg, record))
 
 
 main = job_main("retrain")

@@ -24,6 +24,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from genre_sweep.store import StoreError, StoreOptions, is_s3, read_bytes, with_retries, write_to
+from genre_sweep.tune import internals
 from genre_sweep.tune.configs import RetrainConfig, SweepError
 
 log = logging.getLogger(__name__)
@@ -108,12 +109,18 @@ def open_storage(url: str, attempts: int = 4) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
+CUT_OFF = "cut off by a stopped driver before the sweep saved it; Tune drew a new trial in its place"
+
+
 def close_interrupted(name: str, url: str) -> None:
-    """After a finished sweep nothing runs: a study trial still RUNNING was cut off by a killed driver."""
+    """After a finished sweep nothing runs: a study trial still RUNNING was drawn by a driver that was killed
+    before Tune's next snapshot recorded it (Tune resumes every trial it recorded, and tells the study itself), so
+    the resumed sweep drew another in its place. It is marked failed, with that reason."""
     study = optuna.load_study(study_name=name, storage=url)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        internals.running_trial(study, t).set_user_attr("fail_reason", CUT_OFF)
         study.tell(t.number, state=TrialState.FAIL)
-        log.warning("study trial %d was interrupted (the sweep's driver stopped mid-trial): marked failed", t.number)
+        log.warning("study trial %d: %s: marked failed", t.number, CUT_OFF)
 
 
 def resumed_study_url(cfg: RetrainConfig, recorded_url: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -22,11 +23,12 @@ import ray
 from ray import tune
 
 from genre_sweep.cli import job_main
+from genre_sweep.interrupt import Interrupted, graceful
 from genre_sweep.model.device import describe, resolve_device
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import filesystem
-from genre_sweep.tune import internals
+from genre_sweep.tune import internals, lease
 from genre_sweep.tune.capacity import Capacity, cluster_capacity
 from genre_sweep.tune.configs import SweepConfig, SweepError
 from genre_sweep.tune.preflight import before_sweep
@@ -135,10 +137,11 @@ def build_tuner(cfg: SweepConfig, record: SweepRecord, source: NodeData, at_once
             storage_path=storage_path,
             storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            # each trial keeps its best epochs by the metric (and always its latest, to resume from)
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.direction
-            ),
+            # each trial keeps its two newest checkpoints, oldest deleted first. Every checkpoint holds the best
+            # epoch's weights too (model.checkpoint), so nothing is lost; and Tune snapshots its state once a trial
+            # has checkpointed num_to_keep times, so the checkpoint its snapshot names is still there (by score,
+            # the one named could be deleted one epoch later: a killed driver's trial then had none to resume from)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # a line per trial start and end with the best so far, instead of Tune's boxes (see tune/progress.py)
             callbacks=[SweepProgress(cfg.metric, cfg.direction, cfg.trials, space.max_epochs())],
             verbose=0,
@@ -181,6 +184,10 @@ def _sweep(cfg: SweepConfig, record: SweepRecord, at_once: int) -> tune.ResultGr
     # Tune snapshots its experiment state whenever a trial has checkpointed num_to_keep times, i.e. every
     # other epoch here, and warns about it every few seconds; the snapshots are small and wanted, the warning not.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # ... and at most every 2 s besides (Tune's default waits 10 s or more): a driver killed right after a trial
+    # ended then rarely leaves a snapshot without that trial, whose resume would draw another in its place
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    internals.tolerate_deleted_checkpoints()  # a resumed sweep's retention meets what its killed driver deleted
     if cfg.gpus_per_trial:
         check_trial_device(cfg)
     # The driver holds no data: each node maps the dataset, and the frozen-prefix cache its first trial
@@ -193,19 +200,43 @@ def _sweep(cfg: SweepConfig, record: SweepRecord, at_once: int) -> tune.ResultGr
         cfg.name,
         cfg.study_url(),
     )
-    results = tuner.fit()
-    close_interrupted(cfg.name, cfg.study_url())
+    # Ctrl-C or SIGTERM: Tune saves its state and stops the trials, which stay resumable (not failed in the study)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (below) stops Tune the same way, for SIGTERM too
+    internals.keep_credentials_out_of_trials()  # nodes use their own; Ray would log the driver's in plain text
+    with graceful(internals.request_tune_stop, f"sweep {cfg.name}") as interrupted:
+        results = tuner.fit()
+    if not interrupted:
+        close_interrupted(cfg.name, cfg.study_url())
     backup = study_backup(cfg, cfg.study_url())
     if backup is not None:
         backup.save()
+    if interrupted:
+        raise Interrupted(interrupted[0])
     return results
+
+
+def resume_command(cfg: SweepConfig) -> str:
+    """The command that finishes this sweep: its record supplies everything but where it is (and its study)."""
+    args = ["genre-sweep", "sweep", "--storage", cfg.storage, "--name", cfg.name, "--resume"]
+    for flag, value in (
+        ("--s3-endpoint", cfg.s3_endpoint),
+        ("--s3-region", cfg.s3_region),
+        ("--ray-address", cfg.ray_address),
+    ):
+        if value:
+            args += [flag, value]
+    return shlex.join(args)
 
 
 def run(cfg: SweepConfig) -> int:
     cfg, record = checked(cfg)
-    results = run_checked(cfg, record)
-    if cfg.retrain:
-        retrain_and_report(cfg, record, results, trial_source(cfg, record))
+    try:
+        with lease.holding(cfg.root, cfg.name, cfg.options):  # one driver per sweep
+            results = run_checked(cfg, record)
+            if cfg.retrain:
+                retrain_and_report(cfg, record, results, trial_source(cfg, record))
+    except Interrupted as e:  # no retrain or report from a cut-off search: the same sweep, resumed, finishes it
+        raise Interrupted(e.signum, f"finish with `{resume_command(cfg)}`") from None
     return failed_trials_exit(cfg, results)
 
 

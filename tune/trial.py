@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -15,6 +16,7 @@ from typing import Any
 from genre_sweep.config import ConfigError, replace_typed
 from genre_sweep.errors import one_line
 from genre_sweep.jobs import worker_logging
+from genre_sweep.model.checkpoint import STATE
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.store import with_retries
@@ -59,7 +61,7 @@ def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, s
     release_previous_trial()
     out = Path(tempfile.mkdtemp(prefix="trial-", dir=os.getcwd()))
     values = {**config, "out": str(out)}
-    checkpoint = tune.get_checkpoint()
+    checkpoint = resumable(tune.get_checkpoint(), tune.get_context().get_trial_id())
     if checkpoint is not None:
         resume_dir = out / "resume-from"
         with checkpoint.as_directory() as d:
@@ -75,6 +77,36 @@ def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, s
         with_retries(lambda: tune.report({**metrics, **where}, checkpoint=checkpoint), "report an epoch")
 
     train_on_node(replace_typed(template, values, "trial config: "), data, report, started)
+
+
+def resumable(checkpoint: Any, trial: str) -> Any:
+    """The checkpoint a retried or resumed trial continues from: the one Tune names, while it is complete. If it
+    is gone (Tune's last snapshot named one that retention deleted before the driver died), the oldest complete
+    checkpoint after it in the trial's folder (the nearest to where Tune believes the trial is); with none, the
+    trial's start. Either is said in one line, naming ``trial``."""
+    if checkpoint is None:
+        return None
+    from pyarrow.fs import FileSelector, FileType
+    from ray import tune
+
+    fs, named = checkpoint.filesystem, checkpoint.path
+    complete = lambda path: fs.get_file_info(posixpath.join(path, STATE)).type == FileType.File  # noqa: E731
+    if complete(named):
+        return checkpoint
+    folder, name = posixpath.split(named)
+    later = sorted(
+        info.path
+        for info in fs.get_file_info(FileSelector(folder, allow_not_found=True))
+        if info.type == FileType.Directory
+        and info.base_name.startswith("checkpoint_")
+        and info.base_name > name
+        and complete(info.path)
+    )
+    if not later:
+        log.warning("trial %s: its checkpoint %s is gone and no later one is complete: starting over", trial, named)
+        return None
+    log.warning("trial %s: its checkpoint %s is gone: resuming from %s, the next complete one", trial, named, later[0])
+    return tune.Checkpoint(later[0], filesystem=fs)
 
 
 def train_on_node(

@@ -2,7 +2,8 @@
 
 The head holds no CPUs, so every prepare task and every trial runs on the two 2-CPU workers. Once both
 trials on the second worker have reported from it and the driver holds their checkpoints, that worker is
-removed (its processes killed, as when a spot instance goes away). Prints one line, `OUTCOME <json>`, with what happened.
+removed (its processes killed, as when a spot instance goes away). Prints one line, `OUTCOME <json>`,
+with what happened.
 """
 
 import json

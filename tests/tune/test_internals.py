@@ -64,3 +64,52 @@ def test_a_missing_or_reshaped_attribute_is_named_in_one_clear_error():
     with pytest.raises(internals.LibraryChanged, match=r"Upgraded\._brackets is a dict, not the list"):
         internals.asha_brackets(Upgraded())
     assert issubclass(internals.LibraryChanged, GenreSweepError)  # the job runner prints it as one line
+
+
+def test_tunes_stop_handler_is_the_one_its_run_loop_installs_and_sets_its_stop_event():
+    import signal
+
+    from ray.tune import tune as tune_run
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        with pytest.raises(internals.LibraryChanged, match="SIGUSR1"):
+            internals.request_tune_stop()  # outside a run: no Tune handler to call
+        stop_event = tune_run._setup_signal_catching()  # what Tuner.fit does first
+        internals.request_tune_stop()
+        assert stop_event.is_set()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_tune_propagates_no_aws_credential_once_told():
+    from ray.tune.execution import class_cache
+
+    internals.keep_credentials_out_of_trials()
+    assert not set(internals.AWS_CREDENTIALS) & class_cache.ENV_VARS_TO_PROPAGATE
+    assert "RAY_CHDIR_TO_TRIAL_DIR" in class_cache.ENV_VARS_TO_PROPAGATE  # the rest still propagate
+
+
+def test_a_running_study_trial_can_be_annotated_before_it_is_told():
+    study = optuna.create_study()
+    study.ask()
+    (frozen,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    internals.running_trial(study, frozen).set_user_attr("fail_reason", "why")
+    study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+    assert study.trials[0].user_attrs == {"fail_reason": "why"}
+
+
+def test_deleting_a_checkpoint_that_is_gone_is_a_no_op_once_told(tmp_path):
+    import pyarrow.fs as pafs
+    from ray.train._internal import checkpoint_manager
+
+    internals.tolerate_deleted_checkpoints()
+    internals.tolerate_deleted_checkpoints()  # idempotent: wraps Ray's function once
+    (tmp_path / "checkpoint_000001").mkdir()
+    checkpoint_manager._delete_fs_path(fs=pafs.LocalFileSystem(), fs_path=str(tmp_path / "checkpoint_000001"))
+    assert not (tmp_path / "checkpoint_000001").exists()  # still deletes what is there
+    missing = str(tmp_path / "checkpoint_000002")
+    with pytest.raises(FileNotFoundError):  # what Ray's own does, inside Tune's checkpoint handling
+        checkpoint_manager._delete_fs_path.wrapped(fs=pafs.LocalFileSystem(), fs_path=missing)
+    checkpoint_manager._delete_fs_path(fs=pafs.LocalFileSystem(), fs_path=missing)

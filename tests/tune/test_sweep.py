@@ -19,6 +19,7 @@ from genre_sweep.tune.confirm import wilson
 from genre_sweep.tune.retrain import load_results, retrain_seed
 from genre_sweep.tune.sweep import main as sweep_main
 from genre_sweep.tune.sweep import run_sweep
+from tests.conftest import FAKE_SECRET
 
 
 def sweep_args(shards, storage, name: str, space, trials: int, *more: str) -> list[str]:
@@ -202,69 +203,86 @@ def test_a_retrain_is_reproducible_from_its_seed(sweep_shards):
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_resumes_and_finishes_keeping_every_finished_trial(sweep_shards, quick_space, tmp_path):
-    import os
+def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_and_finishes_every_trial(
+    sweep_shards, quick_space, tmp_path, capsys
+):
+    """Ctrl-C stops the sweep in one line (exit 130, no retrain, nothing failed); a second driver is refused while
+    one runs; a killed driver loses nothing; --resume finishes every trial, each told to the study once."""
     import signal
-    import subprocess
-    import sys
+    import sqlite3
     import time
 
-    storage, name = tmp_path / "sweeps", "r1"
-    args = sweep_args(sweep_shards, storage, name, quick_space, 6, "--max-concurrent-trials", "1", "--no-retrain")
+    storage, name, trials = tmp_path / "sweeps", "r1", 6
+    args = sweep_args(
+        sweep_shards, storage, name, quick_space, trials, "--max-concurrent-trials", "1", "--retrain-seeds", "1"
+    )
+    args += ["--confirm-top", "1"]
     db = f"sqlite:///{storage / name / 'optuna.db'}"
 
-    def finished() -> dict[int, tuple]:
-        try:
-            study = optuna.load_study(study_name=name, storage=db)
-        except (KeyError, Exception):
-            return {}
-        return {
-            t.number: (t.state.name, t.value, dict(t.intermediate_values))
-            for t in study.trials
-            if t.state.name in ("COMPLETE", "PRUNED")
-        }
-
-    log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "genre_sweep.tune.sweep", *args],
-        start_new_session=True,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    def finished_so_far() -> int:
-        """Finished study trials, read without Optuna: its storage set-up writes to the file the sweep creates."""
-        import sqlite3
-
+    def states() -> list[str]:
+        """The study's trial states, read without Optuna (its storage set-up writes to the file the sweep creates)."""
         try:
             with sqlite3.connect(f"file:{storage / name / 'optuna.db'}?mode=ro", uri=True, timeout=1) as con:
-                (n,) = con.execute("SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()
-            return n
+                return [state for (state,) in con.execute("SELECT state FROM trials ORDER BY number")]
         except sqlite3.Error:  # not created yet, or busy
-            return 0
+            return []
 
-    deadline = time.monotonic() + 240
-    while finished_so_far() < 2 and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(1)
-    assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]  # still mid-sweep
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-sweep
+    def driver_until(finished: int, *more: str) -> tuple[subprocess.Popen, Path]:
+        """A driver in its own process group, once the study holds ``finished`` finished trials and runs another."""
+        log = tmp_path / f"driver-{finished}.log"
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "genre_sweep.tune.sweep", *args, *more],
+            start_new_session=True,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None:
+            now = states()
+            if sum(s in ("COMPLETE", "PRUNED") for s in now) >= finished and "RUNNING" in now:
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, log.read_text()[-4000:]  # still mid-sweep
+        return driver, log
+
+    driver, log = driver_until(1)
+    # a second driver for the same sweep is refused in one line while the first runs
+    capsys.readouterr()
+    assert sweep_main([*args, "--resume"]) == 2
+    assert "is running now" in capsys.readouterr().err
+    driver.send_signal(signal.SIGINT)  # Ctrl-C, to the driver only
+    assert driver.wait(timeout=120) == 130, log.read_text()[-4000:]
+    (said,) = [line for line in log.read_text().splitlines() if line.startswith("interrupted")]  # one line
+    assert said.startswith("interrupted (SIGINT): finish with `genre-sweep sweep --storage ")
+    assert said.endswith(f"--name {name} --resume`") and "Traceback" not in log.read_text()
+    assert not (storage / name / "report").exists()  # no retrain, no report from a cut-off search
+    assert "FAIL" not in states()  # the running trial stays resumable, not failed
+
+    driver, log = driver_until(3, "--resume")
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-trial
     driver.wait()
-    before = finished()
-    assert len(before) >= 2
     rungs_before = json.loads((storage / f"{name}-asha-state.json").read_text())["rungs"]
 
     assert sweep_main([*args, "--resume"]) == 0
     study = optuna.load_study(study_name=name, storage=db)
-    after = {t.number: (t.state.name, t.value, dict(t.intermediate_values)) for t in study.trials}
-    for number, record in before.items():
-        assert after[number] == record  # nothing finished was lost or redone
-    done = [s for s, _, _ in after.values() if s in ("COMPLETE", "PRUNED")]
-    assert len(done) >= 6 - 1  # the budget is finished (a trial cut off by the kill counts as failed)
-    assert "RUNNING" not in [s for s, _, _ in after.values()]
+    results = load_results(resolve(SweepConfig, {"storage": str(storage), "name": name, "resume": "true"}))
+    assert len(results) == trials and not any(r.error for r in results)  # every trial finished
+    by_trial = {t.user_attrs.get("trial"): t for t in study.trials}
+    for r in results:  # each told to the study once, as finished, each epoch once
+        t = by_trial[r.metrics["trial_id"]]
+        assert t.state.name in ("COMPLETE", "PRUNED"), (t.number, t.state)
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+    # a study entry no Tune trial owns was drawn after Tune's last snapshot (at most 2 s old) and cut off by the
+    # kill: marked so; or it finished in those seconds, and the study keeps its result
+    for t in study.trials:
+        if t.user_attrs.get("trial") not in {r.metrics["trial_id"] for r in results}:
+            cut_off = t.state.name == "FAIL" and "drew a new trial in its place" in t.user_attrs["fail_reason"]
+            assert cut_off or t.state.name in ("COMPLETE", "PRUNED"), (t.number, t.state, t.user_attrs)
+    assert "RUNNING" not in {t.state.name for t in study.trials}
+    assert (storage / name / "report" / "summary.md").exists()
     rungs_after = json.loads((storage / f"{name}-asha-state.json").read_text())["rungs"]
     for (milestone, recorded), (milestone_after, recorded_after) in zip(rungs_before[0], rungs_after[0], strict=True):
         assert milestone == milestone_after and recorded.items() <= recorded_after.items()  # old rungs kept
-    assert sum(len(r) for _, r in rungs_after[0]) > sum(len(r) for _, r in rungs_before[0])  # and extended
 
 
 def test_a_sweep_on_s3_storage_minimising_the_loss_leaves_trials_report_and_study_in_the_bucket(
@@ -282,6 +300,15 @@ def test_a_sweep_on_s3_storage_minimising_the_loss_leaves_trials_report_and_stud
         assert f"sweeps/s3run/report/{name}" in keys, name
     assert any("/checkpoint_" in k for k in keys)  # trial checkpoints went to the bucket too
     assert "sweeps/s3run/genre-sweep.json" in keys  # the sweep record
+    assert "sweeps/s3run-lease.json" not in keys  # the driver's lease, given back at its end
+    # the driver's AWS credentials (conftest sets them) reach no log or file of Ray's, nor the bucket's text
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    leaked = [f for f in session.rglob("*") if f.is_file() and FAKE_SECRET.encode() in f.read_bytes()]
+    assert not leaked, leaked
+    for key in keys - {k for k in keys if k.endswith((".safetensors", ".parquet", ".db", ".png"))}:
+        assert FAKE_SECRET.encode() not in s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read(), key
 
     # --metric val_loss is minimised everywhere: the study's direction, each trial's best epoch, the winner
     study = optuna.load_study(study_name="s3run", storage=f"sqlite:///{study_db}")
