@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from genre_sweep.errors import GenreSweepError
+from genre_sweep.errors import GenreSweepError, one_line
 from genre_sweep.store import write_atomic
 
 TRAINABLE = "trainable.safetensors"
@@ -67,7 +68,7 @@ def load_trainable(path: Path, model: nn.Module) -> None:
     file = Path(path) / TRAINABLE
     if not file.exists():
         raise CheckpointError(f"{path}: no {TRAINABLE}")
-    saved = load_file(str(file))
+    saved = _tensors(file)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
     if missing or extra:
@@ -77,6 +78,14 @@ def load_trainable(path: Path, model: nn.Module) -> None:
             if saved[name].shape != p.shape:
                 raise CheckpointError(f"{path}: {name} has shape {tuple(saved[name].shape)}, model {tuple(p.shape)}")
             p.copy_(saved[name])
+
+
+def _tensors(file: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; one that is missing or cut off (a full disk, a killed write) is one line."""
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: cannot read it ({one_line(e)}); the checkpoint is damaged") from e
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
@@ -89,7 +98,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         state = json.loads((path / STATE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path / STATE} is not valid JSON ({e}); the checkpoint is damaged") from e
-    tensors = load_file(str(path / OPTIMIZER))
+    tensors = _tensors(path / OPTIMIZER)
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)

@@ -28,11 +28,13 @@ from typing import Any
 
 import torch
 from peft import get_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import ASTConfig, ASTFeatureExtractor, ASTModel, AutoConfig, AutoModelForAudioClassification
 
 from genre_sweep.data.features import AST_MEAN, AST_STD, SAMPLE_RATE
+from genre_sweep.errors import one_line
 from genre_sweep.model.configs import AdapterSettings
 from genre_sweep.model.dora_ast import GenreClassifier, ModelError, checkpoint_source, dora_config, merge_adapters
 from genre_sweep.model.hf_modeling import GenreSweepASTConfig, GenreSweepASTForAudioClassification
@@ -134,26 +136,63 @@ def export_model(
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[GenreClassifier, dict[str, Any]]:
-    """The exported classifier in eval mode, and its ``genre_sweep.json``; reads only that folder."""
+    """The exported classifier in eval mode, and its ``genre_sweep.json``; reads only that folder.
+
+    A folder that is not whole or not consistent (a file missing, cut off or not ours; labels that disagree with
+    each other or with the head; weights of another shape) is refused in one line naming the file: ``predict``
+    and the Hugging Face pipeline must never name different genres for one output."""
     path = Path(path)
     for name in ("config.json", WEIGHTS, INFO):
         if not (path / name).exists():
             raise ModelError(f"{path} is not an exported genre-sweep model: no {name}")
-    info = json.loads((path / INFO).read_text())
+    info, values = _read_json(path / INFO), _read_json(path / "config.json")
     if info.get("format") not in (1, FORMAT):
         raise ModelError(f"{path}: export format {info.get('format')} is not one of the supported 1, {FORMAT}")
-    values = json.loads((path / "config.json").read_text())
+    try:
+        genres = info["genres"]
+        if not isinstance(genres, list) or len(genres) < 2 or len(set(genres)) != len(genres):
+            raise ValueError(f"genres must be two or more distinct names, got {genres!r}")
+        settings = AdapterSettings(
+            min_layer=info["trained_with"]["encoder_min_layer_to_update"], hidden=info["classifier_hidden_layer_size"]
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{path / INFO}: not an export's settings ({type(e).__name__}: {one_line(e)})") from e
+    labels = values.get("id2label")
+    if not isinstance(labels, dict) or {str(k): v for k, v in labels.items()} != {
+        str(i): g for i, g in enumerate(genres)
+    }:
+        raise ModelError(
+            f"{path / 'config.json'}: its id2label {labels} disagrees with the genres of {INFO} {genres}; "
+            "the export was altered, and predict and the Hugging Face pipeline would name different genres"
+        )
     for key in ("model_type", "architectures", "auto_map", "classifier_hidden_layer_size", "transformers_version"):
         values.pop(key, None)
-    cfg = ASTConfig(**values, attn_implementation="sdpa")
-    settings = AdapterSettings(
-        min_layer=info["trained_with"]["encoder_min_layer_to_update"], hidden=info["classifier_hidden_layer_size"]
-    )
+    try:
+        cfg = ASTConfig(**values, attn_implementation="sdpa")
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{path / 'config.json'}: not an AST config ({one_line(e)})") from e
     head_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-    model = GenreClassifier(ASTModel(cfg), len(info["genres"]), settings, head_norm)
-    weights = {
-        ("backbone." + k.removeprefix(BACKBONE) if k.startswith(BACKBONE) else k): v
-        for k, v in load_file(str(path / WEIGHTS)).items()
-    }
-    model.load_state_dict(weights, strict=True)
+    model = GenreClassifier(ASTModel(cfg), len(genres), settings, head_norm)
+    try:
+        stored = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"{path / WEIGHTS}: cannot read the weights ({one_line(e)}); the file is damaged") from e
+    weights = {("backbone." + k.removeprefix(BACKBONE) if k.startswith(BACKBONE) else k): v for k, v in stored.items()}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise ModelError(
+            f"{path / WEIGHTS} does not fit the model its config.json and {INFO} describe ({len(genres)} genres): "
+            f"{' '.join(str(e).split()).removeprefix('Error(s) in loading state_dict for GenreClassifier: ')[:300]}"
+        ) from e
     return model.to(device).eval(), info
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"{file}: not valid JSON ({one_line(e)}); the export is damaged") from e
+    if not isinstance(value, dict):
+        raise ModelError(f"{file}: expected a JSON object, got {type(value).__name__}; the export is damaged")
+    return value

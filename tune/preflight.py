@@ -30,7 +30,15 @@ from genre_sweep.store import StoreError, StoreOptions, filesystem, probe_writab
 from genre_sweep.tune.capacity import Capacity, cluster_capacity, from_cluster_config
 from genre_sweep.tune.configs import PreflightConfig, RetrainConfig, SweepConfig, SweepError
 from genre_sweep.tune.internals import prepare_cluster_config
-from genre_sweep.tune.record import SweepRecord, has_record, make_record, new_sweep, read_record, reconcile
+from genre_sweep.tune.record import (
+    SweepRecord,
+    check_tune_state,
+    has_record,
+    make_record,
+    new_sweep,
+    read_record,
+    reconcile,
+)
 from genre_sweep.tune.space import load_space
 from genre_sweep.tune.study import resumed_study_url, study_exists
 
@@ -121,6 +129,7 @@ def before_sweep(cfg: C, action: str | None, test_split: bool) -> tuple[C, Sweep
     if not tune.Tuner.can_restore(storage_path + "/" + cfg.name, storage_filesystem=fs):
         raise SweepError(f"{action}: no sweep named {cfg.name!r} in {cfg.storage}")
     record = read_record(cfg, action)
+    check_tune_state(cfg, action)
     cfg = reconcile(cfg, record, open_dataset(cfg.shards or record.dataset["shards"], cfg.options), action)
     check_dataset(cfg.shards, cfg.pretrained, cfg.options, splits)
     return dataclasses.replace(cfg, study_storage=resumed_study_url(cfg, record.study_url)), record

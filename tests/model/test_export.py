@@ -103,3 +103,58 @@ def test_the_adapter_alone_rebuilds_the_adapted_backbone_with_peft_on_the_base(t
         )
     head = load_file(str(folder / "adapter" / "head.safetensors"))
     assert set(head) == {k for k in model.state_dict() if k.startswith("head")}
+
+
+def _tampered(folder, how: str) -> None:
+    config, info = folder / "config.json", folder / "genre_sweep.json"
+    if how == "swapped labels":
+        values = json.loads(config.read_text())
+        values["id2label"] = {"0": GENRES[1], "1": GENRES[0], "2": GENRES[2]}
+        config.write_text(json.dumps(values))
+    elif how == "fewer genres":
+        values = json.loads(info.read_text())
+        values["genres"] = GENRES[:2]
+        info.write_text(json.dumps(values))
+        values = json.loads(config.read_text())
+        values["id2label"] = {"0": GENRES[0], "1": GENRES[1]}
+        config.write_text(json.dumps(values))
+    elif how == "truncated weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1000])
+    elif how == "bad json":
+        info.write_text(info.read_text()[:-10])
+    elif how == "missing key":
+        values = json.loads(info.read_text())
+        del values["trained_with"]
+        info.write_text(json.dumps(values))
+
+
+TAMPERED = {
+    "swapped labels": "config.json: its id2label .* disagrees with the genres of genre_sweep.json",
+    "fewer genres": "model.safetensors does not fit the model .* \\(2 genres\\): size mismatch",
+    "truncated weights": "model.safetensors: cannot read the weights .*damaged",
+    "bad json": "genre_sweep.json: not valid JSON",
+    "missing key": "genre_sweep.json: not an export's settings \\(KeyError",
+}
+
+
+def test_a_tampered_export_is_refused_in_one_line_naming_the_file(tmp_path, capsys):
+    import shutil
+
+    import pytest
+
+    from genre_sweep.model.dora_ast import ModelError
+
+    exported = export_model(trained_like(), tmp_path / "export", GENRES, 256, 128)
+    song = tmp_path / "song.wav"
+    sf.write(song, np.random.default_rng(0).normal(0, 0.1, 16000 * 6).astype("float32"), 16000)
+    for how, message in TAMPERED.items():
+        folder = tmp_path / how.replace(" ", "-")
+        shutil.copytree(exported, folder)
+        _tampered(folder, how)
+        with pytest.raises(ModelError, match=message):
+            load_exported(folder)
+        capsys.readouterr()
+        assert predict_main([str(song), "--model", str(folder), "--out", str(tmp_path / f"{how}.csv")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and str(folder) in err[0], (how, err)

@@ -162,17 +162,26 @@ def test_export_round_trip_gives_the_same_logits(small_shards, small_data, tmp_p
     assert np.isfinite(after.numpy()).all()
 
 
-def test_a_truncated_checkpoint_state_is_one_line_not_a_traceback(small_shards, small_data, tmp_path, capsys):
+def test_a_truncated_checkpoint_file_is_one_line_not_a_traceback(small_shards, small_data, tmp_path, capsys):
+    import shutil
+
     from genre_sweep.cli import main
 
-    train(quick_config(small_shards, tmp_path, num_train_epochs="1"), small_data)
-    state = tmp_path / "checkpoints" / "epoch-001" / "state.json"
-    state.write_text(state.read_text()[:100])  # a write cut short
-    flags = ["--shards", str(small_shards), "--out", str(tmp_path), "--device", "cpu", "--resume", "auto"]
-    flags += ["--pretrained", "tiny"]
-    assert main(["train", *flags, "--num-train-epochs", "2", "--batch-size", "8"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "state.json is not valid JSON" in err and len(err.splitlines()) == 1
+    train(quick_config(small_shards, tmp_path / "run", num_train_epochs="1"), small_data)
+    for name, message in [
+        ("state.json", "state.json is not valid JSON"),
+        ("trainable.safetensors", "trainable.safetensors: cannot read it"),
+        ("optimizer.safetensors", "optimizer.safetensors: cannot read it"),
+    ]:
+        run = tmp_path / name
+        shutil.copytree(tmp_path / "run", run)
+        cut = run / "checkpoints" / "epoch-001" / name
+        cut.write_bytes(cut.read_bytes()[:100])  # a write cut short
+        flags = ["--shards", str(small_shards), "--out", str(run), "--device", "cpu", "--resume", "auto"]
+        flags += ["--pretrained", "tiny"]
+        assert main(["train", *flags, "--num-train-epochs", "2", "--batch-size", "8"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
 
 
 def compiled_steps(data, compile: str, steps: int = 2, device: torch.device = CPU):

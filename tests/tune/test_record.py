@@ -87,3 +87,30 @@ def test_other_data_or_another_space_is_refused(tmp_path):
     (tmp_path / "s3.yaml").write_text("fixed:\n  batch_size: 4.0\nspace:\n  batch_size: null\n")  # the same, typed
     cfg = resolve(RetrainConfig, {"storage": str(tmp_path), "space": str(tmp_path / "s3.yaml")})
     assert reconcile(cfg, record, same, "retrain").shards == "/data"
+
+
+def test_a_damaged_tune_state_is_one_line_naming_it_not_a_silent_restart(tmp_path):
+    import pickle
+
+    from genre_sweep.tune.record import check_tune_state
+
+    cfg = resolve(RetrainConfig, {"storage": str(tmp_path), "name": "s"})
+    root = tmp_path / "s"
+    root.mkdir()
+    (root / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [1, 2, 3]}')
+    (root / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps({"searcher": 1}))
+    check_tune_state(cfg, "--resume")  # whole
+    (root / "experiment_state-2026-01-02_00-00-00.json").write_text('{"trial_data": [1, 2')  # newest, cut off
+    with pytest.raises(SweepError, match=r"--resume: Tune's state .*experiment_state-2026-01-02_00-00-00.json is da"):
+        check_tune_state(cfg, "--resume")
+    (root / "experiment_state-2026-01-02_00-00-00.json").unlink()
+    (root / "searcher-state-2026-01-02_00-00-00.pkl").write_bytes(pickle.dumps({"searcher": 1})[:-3])
+    with pytest.raises(SweepError, match=r"searcher-state-2026-01-02_00-00-00.pkl is damaged \(UnpicklingError"):
+        check_tune_state(cfg, "retrain")
+
+
+def test_a_grace_period_beyond_the_spaces_epochs_is_one_line(tmp_path):
+    from genre_sweep.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--grace-period 6 is above the most epochs a trial runs \(5: the space\)"):
+        recorded(tmp_path, "space:\n  num_train_epochs: {type: int, low: 2, high: 5}\n", grace_period="6")

@@ -280,6 +280,9 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_and_finishes_every_trial(
             assert cut_off or t.state.name in ("COMPLETE", "PRUNED"), (t.number, t.state, t.user_attrs)
     assert "RUNNING" not in {t.state.name for t in study.trials}
     assert (storage / name / "report" / "summary.md").exists()
+    newest = max((storage / name).glob("experiment_state-*.json"))
+    newest.write_bytes(newest.read_bytes()[:100])  # cut off, as a full disk leaves it
+    assert sweep_main([*args, "--resume"]) == 2 and f"{newest.name} is damaged" in capsys.readouterr().err
     rungs_after = json.loads((storage / f"{name}-asha-state.json").read_text())["rungs"]
     for (milestone, recorded), (milestone_after, recorded_after) in zip(rungs_before[0], rungs_after[0], strict=True):
         assert milestone == milestone_after and recorded.items() <= recorded_after.items()  # old rungs kept
