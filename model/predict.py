@@ -21,6 +21,7 @@ import torch
 from genre_sweep.cli import job_main
 from genre_sweep.data.audio import AUDIO_EXTENSIONS, AudioError, load_clip
 from genre_sweep.data.features import SAMPLE_RATE, fbank, windows
+from genre_sweep.errors import one_line
 from genre_sweep.model.configs import PredictConfig
 from genre_sweep.model.device import autocast, resolve_device
 from genre_sweep.model.export import load_exported
@@ -35,11 +36,14 @@ MIN_SECONDS = 0.1  # anything shorter holds no music worth a vote
 def list_songs(inputs: str, options: StoreOptions) -> tuple[list[str], list[dict[str, Any]]]:
     """Audio files under ``inputs`` (or the file itself), and the other files, reported as skipped."""
     fs, path = filesystem(inputs, options)
-    info = fs.get_file_info(path)
-    if info.type.name == "NotFound":
-        raise StoreError(f"{inputs} does not exist")
-    prefix = "s3://" if is_s3(inputs) else ""
-    files = [prefix + path] if info.type.name == "File" else [prefix + i.path for i in list_files(fs, path)]
+    try:
+        info = fs.get_file_info(path)
+        if info.type.name == "NotFound":
+            raise StoreError(f"{inputs} does not exist")
+        prefix = "s3://" if is_s3(inputs) else ""
+        files = [prefix + path] if info.type.name == "File" else [prefix + i.path for i in list_files(fs, path)]
+    except OSError as e:  # an unreachable endpoint, a missing bucket, refused credentials
+        raise StoreError(f"cannot read {inputs}: {one_line(e)}") from e
     songs = [f for f in files if f.lower().endswith(AUDIO_EXTENSIONS)]
     skipped = [skipped_row(f, "not an audio file extension") for f in files if f not in songs]
     return songs, skipped

@@ -72,3 +72,29 @@ def test_the_vote_is_a_majority_and_confidence_averages_the_voters():
     assert (winner, votes) == (0, 2) and confidence == pytest.approx(0.65)
     tie = np.array([[0.9, 0.1], [0.4, 0.6]])
     assert vote(tie)[0] == 0  # the tied genre with the higher mean probability
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("s3://no-such-bucket-here/songs", "s3://no-such-bucket-here/songs does not exist"),
+        ("s3://{bucket}/no/such/key.wav", "s3://{bucket}/no/such/key.wav does not exist"),
+        ("refused", "cannot read s3://{bucket}/songs: "),
+    ],
+    ids=["missing bucket", "missing key", "refused endpoint"],
+)
+def test_predict_from_an_s3_location_it_cannot_read_is_one_line(
+    s3_endpoint, s3_bucket, tmp_path, capsys, where, message
+):
+    import socket
+
+    endpoint = s3_endpoint
+    if where == "refused":
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+        where = "s3://{bucket}/songs"
+    args = [where.format(bucket=s3_bucket), "--model", str(tmp_path), "--s3-endpoint", endpoint]
+    assert predict_main([*args, "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: " + message.format(bucket=s3_bucket)), err
