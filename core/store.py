@@ -8,12 +8,14 @@ written by this project.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -194,3 +196,70 @@ def prepare_destination(uri: str, options: StoreOptions, overwrite: bool) -> tup
     except OSError as e:
         raise StoreError(f"cannot write to the output store {uri}: {e}") from e
     return fs, path
+
+
+# What a full filesystem says, through pyarrow (its OSError text), SQLite (the study) and Python (errno ENOSPC).
+FULL = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+
+
+def storage_full(error: BaseException | str | None) -> bool:
+    """Whether ``error`` (an exception and its causes, or a traceback's text) is a full disk or quota."""
+    seen: set[int] = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(error) for text in FULL):
+            return True
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return isinstance(error, str) and any(text in error for text in FULL)
+
+
+# --- S3's conditional writes (pyarrow has none): boto3, with the same endpoint and region ------------------
+
+
+def s3_client(options: StoreOptions) -> Any:
+    import boto3
+
+    endpoint = options.endpoint
+    if endpoint and "://" not in endpoint:
+        endpoint = "http://" + endpoint
+    return boto3.client("s3", endpoint_url=endpoint, region_name=options.region)
+
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_etag(uri: str, options: StoreOptions) -> str | None:
+    """The ETag of the object at ``uri`` now; None when there is none."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = _bucket_key(uri)
+    try:
+        return s3_client(options).head_object(Bucket=bucket, Key=key)["ETag"]
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise OSError(f"cannot read {uri}: {e}") from e
+    except BotoCoreError as e:  # unreachable
+        raise OSError(f"cannot read {uri}: {e}") from e
+
+
+def put_if_unchanged(uri: str, data: bytes, options: StoreOptions, etag: str | None) -> str | None:
+    """Write ``data`` to ``uri`` only if the object there is still the one with ``etag`` (None: only if there is
+    none): S3's conditional PUT (If-Match / If-None-Match). Returns the new ETag, or None when another writer got
+    there first; raises OSError when the store cannot be reached."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = _bucket_key(uri)
+    condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+    try:
+        return s3_client(options).put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return None
+        raise OSError(f"cannot write {uri}: {e}") from e
+    except BotoCoreError as e:
+        raise OSError(f"cannot write {uri}: {e}") from e

@@ -24,15 +24,20 @@ from ray.data.datasource import Datasink, WriteResult
 
 from genre_sweep.data.configs import SPLITS, PrepareConfig, TrackSettings
 from genre_sweep.data.features import AST_MEAN, AST_STD, FRAME_SHIFT, SAMPLE_RATE
-from genre_sweep.data.publish import open_destination
+from genre_sweep.data.publish import Destination, open_destination
 from genre_sweep.data.shards import FORMAT_VERSION, manifest_bytes, results_table, shard_table, write_shard
 from genre_sweep.data.sources import Rejection, discover, labels_of, work_items
 from genre_sweep.data.tracks import process_track
-from genre_sweep.errors import GenreSweepError
+from genre_sweep.errors import GenreSweepError, one_line
 from genre_sweep.ray_start import init_ray, resource_offered
-from genre_sweep.store import StoreError, StoreOptions, filesystem, join
+from genre_sweep.store import StoreError, StoreOptions, filesystem, join, with_retries
 
 log = logging.getLogger(__name__)
+
+# A store that goes away for a few seconds (a blip) costs prepare that time, not the run; after about 7 s of
+# failed writes the run stops in one line (the same command then starts over; a sweep waits longer: its trials
+# have more to lose).
+PREPARE_RETRY_WAITS_S = (1.0, 2.0, 4.0)
 
 
 class PrepareError(GenreSweepError, RuntimeError):
@@ -83,10 +88,16 @@ class ShardSink(Datasink[dict]):
                     continue
                 first = rows.slice(0, 1).to_pylist()[0]
                 name = f"{split}/part-{first['track_index']:05d}-{first['variant']}-{first['window']:02d}.parquet"
-                try:
-                    write_shard(fs, join(root, name), shard_table(rows, self.frames, self.mel_bins))
-                except OSError as e:  # the store went away: one line naming it, not pyarrow's traceback
-                    raise StoreError(f"cannot write shard {name} to {self.uri}: {e}") from e
+                table, written = shard_table(rows, self.frames, self.mel_bins), []
+                try:  # a blip of the store is ridden out; a lasting outage is one line naming it
+                    with_retries(
+                        lambda: written.append(write_shard(fs, join(root, name), table)),  # noqa: B023 (called here)
+                        f"write shard {name} to {self.uri}",
+                        waits=PREPARE_RETRY_WAITS_S,
+                    )
+                except OSError as e:
+                    raise StoreError(f"cannot write shard {name} to {self.uri}: {one_line(e)}") from e
+                sha256 = written[0]
                 genres, rows_per_genre = _value_counts(rows.column("genre"))
                 out["shards"].append(
                     {
@@ -94,6 +105,7 @@ class ShardSink(Datasink[dict]):
                         "split": split,
                         "rows": rows.num_rows,
                         "genres": dict(zip(genres, rows_per_genre, strict=True)),
+                        "sha256": sha256,  # of the file as written: readers check it (data.shards)
                     }
                 )
         return out
@@ -134,10 +146,20 @@ def _fingerprint(tracks: dict[str, dict], discovery_rejects: list[Rejection]) ->
 
 
 def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
-    """Run the whole pipeline; returns the manifest it wrote. Raises PrepareError or StoreError."""
+    """Run the whole pipeline; returns the manifest it wrote. Raises PrepareError or StoreError.
+
+    A run that fails, or is interrupted, removes its own unpublished version folder (``Destination.discard``)."""
     start = time.perf_counter()
+    dest = open_destination(cfg.out, cfg.options, cfg.overwrite)  # checked, nothing removed (see data.publish)
+    try:
+        return _prepare_into(dest, cfg, start)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: no unreferenced shards left behind
+        dest.discard()
+        raise
+
+
+def _prepare_into(dest: Destination, cfg: PrepareConfig, start: float) -> dict[str, Any]:
     options = cfg.options
-    dest = open_destination(cfg.out, options, cfg.overwrite)  # checked, nothing removed (see data.publish)
     tracks, discovery_rejects = discover(cfg.source, cfg.genres, options)
     genres = cfg.genres or labels_of(tracks, cfg.source)  # pinned, or the source's own (folder names), sorted
     empty = [g for g in genres if not any(t.label == g for t in tracks)]

@@ -7,24 +7,48 @@ renamed locally), and only then removes older versions and what interrupted runs
 
 - an existing dataset stays readable, unchanged, until the new one is complete, and ``--overwrite``
   never deletes anything before the source has been read and every new shard written;
-- a run that stops (an error, a store outage, a killed process) leaves the old dataset as it was and
-  its partial version unreferenced; the next successful run removes it;
+- a run that stops (an error, a store outage, a killed process) leaves the old dataset as it was; a run
+  that fails removes its own partial version (``Destination.discard``), and what a killed run leaves,
+  unreferenced, is removed by the next successful run;
+- two runs into one destination: the later publish finds the manifest changed since it opened the
+  destination and fails in one line, publishing nothing (compare-and-swap: locally under an exclusive
+  lock on the destination folder, so the check and the rename are one step for every prepare on this
+  machine; on S3 a conditional PUT, If-Match on the manifest's ETag seen at the start, or If-None-Match
+  when there was none, so the store itself refuses the later of two publishes);
 - a bucket root, or a prefix holding anything that is not a genre-sweep dataset, is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import logging
+import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
 from genre_sweep.data.configs import SPLITS
 from genre_sweep.data.shards import MANIFEST
-from genre_sweep.store import StoreError, StoreOptions, join, list_files, own_location, probe_writable, write_bytes
+from genre_sweep.errors import one_line
+from genre_sweep.store import (
+    StoreError,
+    StoreOptions,
+    is_s3,
+    join,
+    list_files,
+    own_location,
+    probe_writable,
+    put_if_unchanged,
+    s3_etag,
+    with_retries,
+    write_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +72,92 @@ def _ours(relative: str) -> bool:
     )
 
 
-@dataclasses.dataclass(frozen=True)
+def _read_manifest(fs: pafs.FileSystem, root: str) -> bytes | None:
+    """The destination's manifest as it is now; None when it has none."""
+    try:
+        with fs.open_input_stream(join(root, MANIFEST)) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _digest(manifest: bytes | None) -> str:
+    return "none" if manifest is None else hashlib.sha256(manifest).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _exclusive(fs: pafs.FileSystem, root: str) -> Iterator[None]:
+    """An exclusive lock on a local destination folder (every prepare publishing there takes it)."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@dataclasses.dataclass
 class Destination:
-    """A checked destination and the version folder this run writes its shards into."""
+    """A checked destination, the version folder this run writes its shards into, and the manifest it held when
+    this run opened it (None: none), which must still be there when the run publishes."""
 
     uri: str
     fs: pafs.FileSystem
     root: str
     version: str
+    options: StoreOptions = StoreOptions()
+    seen: bytes | None = None
+    seen_etag: str | None = None  # on S3: the ETag of ``seen``, the condition of the publishing PUT
+    published: bool = False
 
     @property
     def version_uri(self) -> str:
         return join(self.uri, self.version)
 
     def publish(self, manifest: bytes) -> None:
-        """Make the new version the dataset (the manifest, written whole), then remove everything older."""
+        """Make the new version the dataset (the manifest, written whole), unless another run published there since
+        this one opened it; then remove everything older."""
+        where = f"{self.uri}/{MANIFEST}"
         try:
-            write_bytes(self.fs, join(self.root, MANIFEST), manifest)
+            with_retries(lambda: self._publish(where, manifest), f"publish {where}", waits=(1.0, 2.0, 4.0))
         except OSError as e:
-            raise StoreError(f"cannot write {self.uri}/{MANIFEST} (the shards are written; run again): {e}") from e
+            raise StoreError(f"cannot write {where} (nothing was published; run again): {one_line(e)}") from e
         self.remove_all_but_current()
+
+    def _publish(self, where: str, manifest: bytes) -> None:
+        """One attempt: the compare-and-swap of the manifest (see the module's docstring)."""
+        if is_s3(self.uri):
+            self.published = put_if_unchanged(where, manifest, self.options, self.seen_etag) is not None
+            if not self.published:
+                now = _read_manifest(self.fs, self.root)
+                raise self._changed(where, now)
+        else:
+            with _exclusive(self.fs, self.root):
+                now = _read_manifest(self.fs, self.root)
+                if now != self.seen:
+                    raise self._changed(where, now)
+                write_bytes(self.fs, join(self.root, MANIFEST), manifest)
+                self.published = True
+
+    def _changed(self, where: str, now: bytes | None) -> StoreError:
+        return StoreError(
+            f"{where} changed while this prepare ran (sha256 {_digest(self.seen)} when it started, "
+            f"{_digest(now)} now): another prepare published there; nothing was published"
+        )
+
+    def discard(self) -> None:
+        """Remove this run's unpublished version folder (a failed run's shards); never a published one. A failure
+        here only leaves litter, which the next successful run removes."""
+        if self.published:
+            return
+        try:
+            self.fs.delete_dir(join(self.root, self.version))
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("prepare: could not remove this run's unpublished %s under %s: %s", self.version, self.uri, e)
+            return
+        log.info("prepare: removed this run's unpublished %s under %s", self.version, self.uri)
 
     def remove_all_but_current(self) -> None:
         """Older versions, legacy shards and interrupted runs' folders; a failure here only leaves litter."""
@@ -112,9 +202,11 @@ def open_destination(uri: str, options: StoreOptions, overwrite: bool) -> Destin
         )
     version = new_version()
     try:
+        seen_etag = s3_etag(join(uri, MANIFEST), options) if holds_dataset and is_s3(uri) else None
+        seen = _read_manifest(fs, root) if holds_dataset else None
         probe_writable(fs, join(root, version))
     except OSError as e:
         raise StoreError(f"cannot write to the output store {uri}: {e}") from e
     if existing and not holds_dataset:
         log.info("prepare: %s holds an interrupted run's files; they are removed once this run is published", uri)
-    return Destination(uri, fs, root, version)
+    return Destination(uri, fs, root, version, options, seen, seen_etag)

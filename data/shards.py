@@ -1,21 +1,31 @@
 """The on-store dataset format: Parquet shards per split plus a ``manifest.json`` written last (``data.publish``).
 
 A dataset is complete only when its manifest exists and every shard it lists is present with the
-listed row count; ``open_dataset`` refuses anything else.
+listed row count; ``open_dataset`` refuses anything else, and a manifest that is not ours
+(``data.manifest``). The manifest records each shard's sha256 as written; ``read_shard`` checks it
+before it parses a byte, so a damaged shard is one line naming it, never features that silently
+differ. Manifests written before the checksums load, with a logged note that their shards are read
+unverified.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from genre_sweep.data.manifest import DatasetError, manifest_problem
 from genre_sweep.data.tracks import TrackResult
+from genre_sweep.errors import one_line
 from genre_sweep.store import StoreError, StoreOptions, filesystem, join
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -92,10 +102,15 @@ def shard_table(rows: pa.Table, frames: int, mel_bins: int) -> pa.Table:
     return table.replace_schema_metadata({"genre_sweep_format": str(FORMAT_VERSION)})
 
 
-def write_shard(fs: pa.fs.FileSystem, path: str, table: pa.Table) -> None:
+def write_shard(fs: pa.fs.FileSystem, path: str, table: pa.Table) -> str:
+    """Write ``table`` as one Parquet file (encoded in memory, then one write: one PUT on S3); its sha256."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue()
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
-        pq.write_table(table, f, compression="zstd")
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:
@@ -134,18 +149,61 @@ class Dataset:
         (``data.publish``), or at the root for datasets written before version folders."""
         return join(root, self.manifest.get("version_dir", ""), shard["path"])
 
-    def read_shard(self, shard: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
-        """One listed shard; fails if it is missing or has another row count than the manifest says."""
+    def _shard_bytes(self, shard: dict[str, Any]) -> pa.Buffer:
+        """A listed shard's bytes, checked against the sha256 the manifest recorded (when it recorded one)."""
         fs, root = filesystem(self.uri, self.options)
         try:
-            table = pq.read_table(self.shard_path(root, shard), filesystem=fs, columns=columns)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise StoreError(f"dataset {self.uri}: shard {shard['path']} is unreadable: {e}") from e
-        if table.num_rows != shard["rows"]:
-            raise StoreError(
-                f"dataset {self.uri}: shard {shard['path']} has {table.num_rows} rows, manifest says {shard['rows']}"
+            with fs.open_input_file(self.shard_path(root, shard)) as f:
+                data = f.read_buffer()
+        except OSError as e:
+            raise DatasetError(f"dataset {self.uri}: shard {shard['path']} is unreadable: {one_line(e)}") from e
+        if "sha256" in shard:
+            found = hashlib.sha256(data).hexdigest()
+            if found != shard["sha256"]:
+                raise DatasetError(
+                    f"dataset {self.uri}: shard {shard['path']} is damaged: its sha256 is {found[:16]}..., the "
+                    f"manifest recorded {shard['sha256'][:16]}... (prepare the dataset again)"
+                )
+        return data
+
+    def _check_rows(self, shard: dict[str, Any], rows: int) -> None:
+        if rows != shard["rows"]:
+            raise DatasetError(
+                f"dataset {self.uri}: shard {shard['path']} has {rows} rows, the manifest says {shard['rows']}"
             )
+
+    def read_shard(self, shard: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
+        """One listed shard, read whole and checked (its sha256 when recorded, its columns, its row count) before
+        ``columns`` are decoded; raises DatasetError naming the shard."""
+        data = self._shard_bytes(shard)
+        try:
+            table = pq.read_table(pa.BufferReader(data), columns=columns)
+        except (OSError, pa.ArrowException) as e:
+            raise DatasetError(
+                f"dataset {self.uri}: shard {shard['path']} is not a readable genre-sweep shard: {one_line(e)}"
+            ) from e
+        self._check_rows(shard, table.num_rows)
         return table
+
+    def shard_metadata(self, shard: dict[str, Any]) -> pq.FileMetaData:
+        """A listed shard's Parquet footer (its end only, no data), checked: a Parquet file with our columns and the
+        listed row count. A damaged data page passes; ``read_shard`` finds it by the checksum."""
+        fs, root = filesystem(self.uri, self.options)
+        try:
+            meta = pq.read_metadata(self.shard_path(root, shard), filesystem=fs)
+        except (OSError, pa.ArrowException) as e:
+            raise DatasetError(
+                f"dataset {self.uri}: shard {shard['path']} is not a readable Parquet file: {one_line(e)}"
+            ) from e
+        names = meta.schema.to_arrow_schema().names
+        lacking = [c for c in ("features", *TRACK_COLUMNS, *ROW_COLUMNS) if c not in names]
+        if lacking:
+            raise DatasetError(
+                f"dataset {self.uri}: shard {shard['path']} is not a genre-sweep shard: it lacks the column(s) "
+                + ", ".join(lacking)
+            )
+        self._check_rows(shard, meta.num_rows)
+        return meta
 
     def read_split(self, split: str, columns: list[str] | None = None) -> pa.Table:
         """Every row of ``split``, shards in manifest order (see ``read_shard``)."""
@@ -160,8 +218,12 @@ def features_array(table: pa.Table) -> np.ndarray:
     return table.column("features").combine_chunks().to_numpy_ndarray()
 
 
+_UNVERIFIED_NOTED: set[str] = set()  # datasets whose missing checksums were already logged by this process
+
+
 def open_dataset(uri: str, options: StoreOptions = StoreOptions()) -> Dataset:
-    """Open a prepared dataset; refuses one without a manifest (an unfinished or foreign folder)."""
+    """Open a prepared dataset; refuses one without a manifest (an unfinished or foreign folder), and a manifest
+    that is not ours (``data.manifest``: DatasetError naming it and what is wrong)."""
     fs, root = filesystem(uri, options)
     path = join(root, MANIFEST)
     try:
@@ -172,8 +234,16 @@ def open_dataset(uri: str, options: StoreOptions = StoreOptions()) -> Dataset:
             f"{uri} has no {MANIFEST}: not a finished genre-sweep dataset "
             "(run `genre-sweep prepare`, or it stopped before finishing)"
         ) from e
-    except (OSError, json.JSONDecodeError) as e:
-        raise StoreError(f"cannot read {uri}/{MANIFEST}: {e}") from e
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{uri}: dataset format {manifest.get('format_version')} != supported {FORMAT_VERSION}")
+    except OSError as e:
+        raise StoreError(f"cannot read {uri}/{MANIFEST}: {one_line(e)}") from e
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deep
+        raise DatasetError(f"{uri}/{MANIFEST} is not JSON: {one_line(e)}") from e
+    if isinstance(manifest, dict) and "format_version" in manifest and manifest["format_version"] != FORMAT_VERSION:
+        raise DatasetError(f"{uri}: dataset format {manifest['format_version']!r} != supported {FORMAT_VERSION}")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise DatasetError(f"{uri}/{MANIFEST} is not a genre-sweep manifest: {problem}")
+    if any("sha256" not in s for s in manifest["shards"]) and uri not in _UNVERIFIED_NOTED:
+        _UNVERIFIED_NOTED.add(uri)
+        log.warning("dataset %s: its manifest predates shard checksums; its shards cannot be verified", uri)
     return Dataset(uri, manifest, options)

@@ -2,13 +2,24 @@
 
 Anything that can't be an input (unknown label, not an audio extension, a duplicate) is returned as
 a ``Rejection`` with its reason, never dropped silently.
+
+Each file is taken once. A local folder is walked level by level, each real folder once: a folder link
+that leads to a folder already walked (a loop such as ``genre/loop -> ..``, or a second path to one
+folder) is listed as refused, not followed, and so is a dangling link. Every candidate's content is
+hashed (sha256) here, streamed, before the split: a file whose content was already taken is refused as a
+duplicate of the first, so one recording can never land in two splits. For ``s3://`` sources this reads
+every object once more from the driver (S3 has no content hash that multipart uploads keep), in threads;
+the task that decodes a track checks that it reads the content hashed here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import os
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +38,7 @@ class Track:
     track_id: str  # unique; for a folder, "<genre>/<file stem>"
     source: str  # local absolute path or s3:// URI
     label: str
+    sha256: str = ""  # of the content, hashed at discovery; unique among the tracks taken
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,24 +70,71 @@ def discover(source: str, genres: tuple[str, ...] | None, options: StoreOptions)
         raise StoreError(f"source {source} does not exist")
     if info.type == pa.fs.FileType.File:
         entries = _manifest_entries(source, fs, path)
+    elif is_s3(source):
+        entries = _folder_entries([i.path for i in list_files(fs, path)], [], path, True)
     else:
-        entries = _folder_entries(fs, path, is_s3(source))
-    return _admit(entries, genres)
+        entries = _folder_entries(*walk_local(path), path, False)
+    return _admit(entries, genres, options)
 
 
 Entry = tuple[str, str | None, str, str | None]  # (uri, label, track id, reason it is refused or None)
 
 
-def _folder_entries(fs: pa.fs.FileSystem, root: str, s3: bool) -> list[Entry]:
+def walk_local(root: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every file below the local folder ``root``, sorted, each real folder walked once; and (path, reason) of
+    what was not followed: folder links to a folder already walked (loops), dangling links, unreadable folders.
+
+    Level by level, real folders before links at each level, so a link never takes a folder's files away from
+    the folder's own path.
+    """
+    files: list[str] = []
+    refused: list[tuple[str, str]] = []
+    visited = {os.path.realpath(root)}
+    level = [root]
+    while level:
+        folders: list[str] = []
+        links: list[str] = []
+        for folder in level:
+            try:
+                with os.scandir(folder) as it:
+                    children = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                refused.append((folder, f"cannot list the folder: {e.strerror or e}"))
+                continue
+            for child in children:
+                if child.is_symlink() and not os.path.exists(child.path):
+                    refused.append((child.path, f"dangling link: its target {os.readlink(child.path)} does not exist"))
+                elif child.is_dir():
+                    (links if child.is_symlink() else folders).append(child.path)
+                elif child.is_file():
+                    files.append(child.path)
+                else:
+                    refused.append((child.path, "not a regular file"))
+        level = []
+        for folder in folders + links:
+            real = os.path.realpath(folder)
+            if real in visited:
+                why = f"link to {real}, a folder already walked (a loop or a second path): not followed"
+                refused.append((folder, why))
+            else:
+                visited.add(real)
+                level.append(folder)
+    return sorted(files), refused
+
+
+def _folder_entries(files: list[str], refused: list[tuple[str, str]], root: str, s3: bool) -> list[Entry]:
     """Every file below ``root``; its label is the name of the folder holding it."""
     entries: list[Entry] = []
-    for info in list_files(fs, root):
-        rel = posixpath.relpath(info.path, root)
+    for path in files:
+        rel = posixpath.relpath(path, root)
         parts = rel.split("/")
         if len(parts) < 2:
-            entries.append((_uri(info.path, s3), None, rel, "not inside a genre folder"))
+            entries.append((_uri(path, s3), None, rel, "not inside a genre folder"))
         else:
-            entries.append((_uri(info.path, s3), parts[-2], _stem(rel), None))
+            entries.append((_uri(path, s3), parts[-2], _stem(rel), None))
+    for path, reason in refused:
+        parts = posixpath.relpath(path, root).split("/")
+        entries.append((path, parts[-2] if len(parts) >= 2 else None, "", reason))
     return entries
 
 
@@ -118,8 +177,31 @@ def labels_of(tracks: list[Track], source: str) -> tuple[str, ...]:
     return labels
 
 
-def _admit(entries: list[Entry], genres: tuple[str, ...] | None) -> tuple[list[Track], list[Rejection]]:
-    tracks: list[Track] = []
+HASH_THREADS = 8  # files hashed at once (S3's latency, several local disks)
+
+
+def content_sha256(uri: str, options: StoreOptions) -> str:
+    """The sha256 of a file's content, read in 1 MiB chunks (never whole in memory)."""
+    fs, path = filesystem(uri, options)
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_or_reason(uri: str, options: StoreOptions) -> tuple[str, str | None]:
+    try:
+        return content_sha256(uri, options), None
+    except (OSError, StoreError) as e:
+        return "", f"cannot read: {one_line(e)}"
+
+
+def _admit(
+    entries: list[Entry], genres: tuple[str, ...] | None, options: StoreOptions
+) -> tuple[list[Track], list[Rejection]]:
+    """Tracks (each id and each content once, the first in ``entries``' order kept) and the refused entries."""
+    candidates: list[tuple[str, str | None, str]] = []
     rejected: list[Rejection] = []
     seen: dict[str, str] = {}
     for uri, label, track_id, reason in entries:
@@ -135,7 +217,19 @@ def _admit(entries: list[Entry], genres: tuple[str, ...] | None) -> tuple[list[T
             rejected.append(Rejection(uri, label, reason))
         else:
             seen[track_id] = uri
-            tracks.append(Track(track_id, uri, label))
+            candidates.append((uri, label, track_id))
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        hashes = list(pool.map(lambda c: _hash_or_reason(c[0], options), candidates))
+    tracks: list[Track] = []
+    first: dict[str, str] = {}
+    for (uri, label, track_id), (sha, reason) in zip(candidates, hashes, strict=True):
+        if not reason and sha in first:
+            reason = f"duplicate of {first[sha]} (the same content, sha256 {sha[:12]}...)"
+        if reason:
+            rejected.append(Rejection(uri, label, reason))
+        else:
+            first[sha] = uri
+            tracks.append(Track(track_id, uri, label, sha))
     return sorted(tracks, key=lambda t: t.track_id), rejected
 
 
@@ -176,6 +270,7 @@ def work_items(tracks: list[Track], fractions: tuple[float, ...], seed: int, gen
             "label_index": genres.index(t.label),
             "split": splits[t.track_id],
             "track_index": i,
+            "sha256": t.sha256,
         }
         for i, t in enumerate(order)
     ]

@@ -17,6 +17,7 @@ from genre_sweep.data.audio import AudioError, load_clip
 from genre_sweep.data.augment import augment
 from genre_sweep.data.configs import TrackSettings
 from genre_sweep.data.features import FRAME_SHIFT, SAMPLE_RATE, clip_windows
+from genre_sweep.errors import one_line
 from genre_sweep.seeds import stable_seed
 from genre_sweep.store import read_bytes
 
@@ -39,14 +40,20 @@ class TrackResult:
 
 
 def process_track(track: dict[str, Any], settings: TrackSettings) -> TrackResult:
-    """``track`` has track_id, source, label, label_index, split, track_index."""
+    """``track`` has track_id, source, label, label_index, split, track_index and the sha256 hashed at discovery
+    (``data.sources``; empty: not hashed)."""
     try:
         data = read_bytes(track["source"], settings.store)
     except OSError as e:
-        return TrackResult(track, None, reject_reason=f"cannot read: {e}")
+        return TrackResult(track, None, reject_reason=f"cannot read: {one_line(e)}")
+    except Exception as e:  # a MemoryError, for a file larger than this task's memory: its rejection, not the run's end
+        return TrackResult(track, None, reject_reason=f"cannot read: {type(e).__name__}: {one_line(e)}")
     sha = hashlib.sha256(data).hexdigest()
+    if track.get("sha256") and sha != track["sha256"]:
+        why = f"changed while preparing: sha256 {sha[:12]}..., listed with {track['sha256'][:12]}..."
+        return TrackResult(track, sha, reject_reason=why)
     try:
-        clip = load_clip(data, SAMPLE_RATE, settings.min_seconds)
+        clip = load_clip(data, SAMPLE_RATE, settings.min_seconds)  # any failure is its AudioError
     except AudioError as e:
         return TrackResult(track, sha, reject_reason=str(e))
 

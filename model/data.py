@@ -87,14 +87,19 @@ def load_data(uri: str, options: StoreOptions = StoreOptions(), splits=("train",
 
 
 def check_dataset(uri: str, pretrained: str, options: StoreOptions, splits: tuple[str, ...]) -> Dataset:
-    """What a job checks before it spends anything: the dataset opens (its manifest only), its windows fit
-    ``pretrained``, and each split it needs has rows. Raises StoreError or ModelError naming the problem."""
+    """What a job checks before it spends anything: the dataset opens (its manifest), its windows fit
+    ``pretrained``, each split it needs has rows, and each of their shards is a whole Parquet file of ours (its
+    footer only: a cut-off shard stops the job here, not in every trial; a damaged page is found by its checksum
+    when a node maps the data). Raises StoreError or ModelError naming the problem."""
     ds = open_dataset(uri, options)
     backbone_config(pretrained, ds.frames, ds.mel_bins)  # raises ModelError naming the mismatch
     rows = ds.manifest.get("summary", {}).get("rows_out", {})
     empty = [s for s in splits if rows.get(s, 0) == 0]
     if empty:
         raise StoreError(f"{uri} has no rows in its {', '.join(empty)} split (see its manifest's split fractions)")
+    for split in splits:
+        for shard in ds.shards(split):
+            ds.shard_metadata(shard)
     return ds
 
 

@@ -21,6 +21,7 @@ import torch
 from genre_sweep.cli import job_main
 from genre_sweep.data.audio import AUDIO_EXTENSIONS, AudioError, load_clip
 from genre_sweep.data.features import SAMPLE_RATE, fbank, windows
+from genre_sweep.data.sources import walk_local
 from genre_sweep.errors import one_line
 from genre_sweep.model.configs import PredictConfig
 from genre_sweep.model.device import autocast, resolve_device
@@ -41,11 +42,18 @@ def list_songs(inputs: str, options: StoreOptions) -> tuple[list[str], list[dict
         if info.type.name == "NotFound":
             raise StoreError(f"{inputs} does not exist")
         prefix = "s3://" if is_s3(inputs) else ""
-        files = [prefix + path] if info.type.name == "File" else [prefix + i.path for i in list_files(fs, path)]
+        refused: list[tuple[str, str]] = []
+        if info.type.name == "File":
+            files = [prefix + path]
+        elif is_s3(inputs):
+            files = [prefix + i.path for i in list_files(fs, path)]
+        else:  # a local folder: walked once, links into loops and dangling links listed, not followed
+            files, refused = walk_local(path)
     except OSError as e:  # an unreachable endpoint, a missing bucket, refused credentials
         raise StoreError(f"cannot read {inputs}: {one_line(e)}") from e
     songs = [f for f in files if f.lower().endswith(AUDIO_EXTENSIONS)]
     skipped = [skipped_row(f, "not an audio file extension") for f in files if f not in songs]
+    skipped += [skipped_row(f, reason) for f, reason in refused]
     return songs, skipped
 
 
@@ -85,8 +93,8 @@ class SongPredictor:
             try:
                 rng = np.random.default_rng(stable_seed(self.seed, "predict", source))
                 w = song_windows(read_bytes(source, self.options), f["frames"], f["mel_bins"], self.k, rng)
-            except (OSError, AudioError) as e:
-                rows[i] = skipped_row(source, f"unreadable: {e}")
+            except (OSError, AudioError, MemoryError) as e:  # one song's failure is that song's row
+                rows[i] = skipped_row(source, f"unreadable: {one_line(e)}")
                 continue
             batches.append(w)
             owners += [i] * len(w)

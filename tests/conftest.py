@@ -208,3 +208,24 @@ def quick_space(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text(QUICK_SPACE)
     return path
+
+
+def flac_declaring_2_tib() -> bytes:
+    """A valid 8-channel FLAC whose STREAMINFO declares 2**36 - 1 frames: decoding it asks for 2 TiB at once, a real
+    MemoryError (unless the kernel grants any allocation: ``GRANTS_ANY_ALLOCATION``)."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(22050 * 2) / 22050
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([0.3 * np.sin(2 * np.pi * 440 * t)] * 8, axis=1), 22050, format="FLAC")
+    data = bytearray(buf.getvalue())
+    fields = int.from_bytes(data[18:26], "big")  # 'fLaC', a block header, then rate/channels/bits/36-bit total
+    data[18:26] = (fields | ((1 << 36) - 1)).to_bytes(8, "big")
+    return bytes(data)
+
+
+_OVERCOMMIT = Path("/proc/sys/vm/overcommit_memory")
+GRANTS_ANY_ALLOCATION = _OVERCOMMIT.exists() and _OVERCOMMIT.read_text().strip() == "1"  # vm.overcommit_memory=1

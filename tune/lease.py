@@ -23,10 +23,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
-from genre_sweep.store import StoreError, StoreOptions, is_s3
+from genre_sweep.errors import one_line
+from genre_sweep.store import StoreError, StoreOptions, filesystem, is_s3, put_if_unchanged, read_bytes, s3_etag
 from genre_sweep.tune.configs import SweepError
 
 log = logging.getLogger(__name__)
@@ -122,55 +121,35 @@ def _local_lease(path: Path, name: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _s3_client(options: StoreOptions) -> Any:
-    import boto3
-
-    endpoint = options.endpoint
-    if endpoint and "://" not in endpoint:
-        endpoint = "http://" + endpoint
-    return boto3.client("s3", endpoint_url=endpoint, region_name=options.region)
-
-
 @contextlib.contextmanager
 def _s3_lease(uri: str, name: str, options: StoreOptions) -> Iterator[None]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    parsed = urlparse(uri)
-    bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    s3 = _s3_client(options)
-
-    def put(holder: Holder, **condition: str) -> str | None:
-        """The new ETag, or None when the condition failed (someone else's lease is there)."""
-        try:
-            return s3.put_object(Bucket=bucket, Key=key, Body=holder.to_json(), **condition)["ETag"]
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return None
-            raise
-
     me = Holder.me()
     try:
-        etag = put(me, IfNoneMatch="*")
+        etag = put_if_unchanged(uri, me.to_json(), options, None)
         if etag is None:
-            current = s3.get_object(Bucket=bucket, Key=key)
-            holder = Holder.parse(current["Body"].read())
+            current = s3_etag(uri, options)
+            holder = Holder.parse(read_bytes(uri, options)) if current else None
             if holder is not None and not holder.stale(time.time()):
                 raise _refusal(name, holder)
-            etag = put(me, IfMatch=current["ETag"])  # take the stale lease over; of two takers one wins
+            # take the stale lease over (of two takers one wins), or create it if it was given back meanwhile
+            etag = put_if_unchanged(uri, me.to_json(), options, current)
             if etag is None:
                 raise _refusal(name, None)
-            log.warning("sweep %s: took over a stale lease (%s)", name, holder.describe(time.time()) if holder else "?")
-    except (BotoCoreError, ClientError) as e:
-        raise StoreError(f"cannot take the sweep's lease {uri}: {e}") from e
+            if holder is not None:
+                log.warning("sweep %s: took over a stale lease (%s)", name, holder.describe(time.time()))
+    except OSError as e:
+        raise StoreError(f"cannot take the sweep's lease {uri}: {one_line(e)}") from e
     stop = threading.Event()
     state = {"etag": etag}
 
     def renew() -> None:
         while not stop.wait(RENEW_S):
             try:
-                new = put(dataclasses.replace(me, renewed=time.time()), IfMatch=state["etag"])
-            except (BotoCoreError, ClientError) as e:  # an outage: the next renewal tries again
-                log.warning("sweep %s: could not renew its lease %s (%s)", name, uri, e)
+                new = put_if_unchanged(
+                    uri, dataclasses.replace(me, renewed=time.time()).to_json(), options, state["etag"]
+                )
+            except OSError as e:  # an outage: the next renewal tries again
+                log.warning("sweep %s: could not renew its lease %s (%s)", name, uri, one_line(e))
                 continue
             if new is None:
                 log.error("sweep %s: its lease %s was taken over by another driver", name, uri)
@@ -184,7 +163,7 @@ def _s3_lease(uri: str, name: str, options: StoreOptions) -> Iterator[None]:
     finally:
         stop.set()
         renewer.join(timeout=5)
-        with contextlib.suppress(BotoCoreError, ClientError):
-            head = s3.head_object(Bucket=bucket, Key=key)
-            if head["ETag"] == state["etag"]:  # still ours
-                s3.delete_object(Bucket=bucket, Key=key)
+        with contextlib.suppress(OSError):
+            if s3_etag(uri, options) == state["etag"]:  # still ours
+                fs, path = filesystem(uri, options)
+                fs.delete_file(path)

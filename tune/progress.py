@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 from genre_sweep.model.configs import score
+from genre_sweep.store import storage_full
+from genre_sweep.tune import internals
 from genre_sweep.tune.trial import TRIAL_ERROR
 
 log = logging.getLogger(__name__)
+
+
+# Set when a trial failed because the storage is full (after its own retries rode out a short spell): the sweep
+# is stopped as by Ctrl-C, its state kept, and says so in one line. Module-wide: a resumed Tuner runs the
+# unpickled copy of this callback, not one the driver holds.
+STORAGE_FULL = threading.Event()
 
 
 def _short(value: Any) -> str:
@@ -101,6 +111,12 @@ class SweepProgress(tune.Callback):
         log.debug("trial %s: checkpoint of epoch %d kept", trial.trial_id, epoch)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else None
+        if storage_full(error) and not STORAGE_FULL.is_set():
+            log.error("trial %s could not write: the sweep's storage is full; stopping the sweep", trial.trial_id)
+            STORAGE_FULL.set()
+            internals.request_tune_stop()  # as Ctrl-C: the state is kept, the trials stay resumable
+            return
         epoch = int((trial.last_result or {}).get("training_iteration", 0))
         where = f"its checkpoint of epoch {epoch}" if trial.checkpoint is not None else "its start (no checkpoint yet)"
         log.warning("trial %s failed (failure %d); retrying it from %s", trial.trial_id, trial.num_failures, where)

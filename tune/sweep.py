@@ -11,6 +11,7 @@ watch it; ``--resume`` finishes an interrupted sweep with its trials and ASHA st
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shlex
@@ -23,16 +24,17 @@ import ray
 from ray import tune
 
 from genre_sweep.cli import job_main
+from genre_sweep.errors import one_line
 from genre_sweep.interrupt import Interrupted, graceful
 from genre_sweep.model.device import describe, resolve_device
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.ray_start import init_ray
-from genre_sweep.store import filesystem
+from genre_sweep.store import filesystem, storage_full
 from genre_sweep.tune import internals, lease
 from genre_sweep.tune.capacity import Capacity, cluster_capacity
 from genre_sweep.tune.configs import SweepConfig, SweepError
 from genre_sweep.tune.preflight import before_sweep
-from genre_sweep.tune.progress import SweepProgress
+from genre_sweep.tune.progress import STORAGE_FULL, SweepProgress
 from genre_sweep.tune.record import SweepRecord, write_record
 from genre_sweep.tune.retrain import failed_trials_exit, retrain_and_report, trial_source
 from genre_sweep.tune.search import PersistentASHA, PruneAwareOptunaSearch
@@ -203,15 +205,18 @@ def _sweep(cfg: SweepConfig, record: SweepRecord, at_once: int) -> tune.ResultGr
     # Ctrl-C or SIGTERM: Tune saves its state and stops the trials, which stay resumable (not failed in the study)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (below) stops Tune the same way, for SIGTERM too
     internals.keep_credentials_out_of_trials()  # nodes use their own; Ray would log the driver's in plain text
+    STORAGE_FULL.clear()
     with graceful(internals.request_tune_stop, f"sweep {cfg.name}") as interrupted:
         results = tuner.fit()
-    if not interrupted:
+    if not interrupted and not STORAGE_FULL.is_set():
         close_interrupted(cfg.name, cfg.study_url())
     backup = study_backup(cfg, cfg.study_url())
     if backup is not None:
         backup.save()
     if interrupted:
         raise Interrupted(interrupted[0])
+    if STORAGE_FULL.is_set():
+        raise OSError(errno.ENOSPC, "a trial could not write its checkpoint")
     return results
 
 
@@ -237,6 +242,13 @@ def run(cfg: SweepConfig) -> int:
                 retrain_and_report(cfg, record, results, trial_source(cfg, record))
     except Interrupted as e:  # no retrain or report from a cut-off search: the same sweep, resumed, finishes it
         raise Interrupted(e.signum, f"finish with `{resume_command(cfg)}`") from None
+    except Exception as e:  # a storage that stays full: a trial's writes, the study's SQLite, Tune's state
+        if not (storage_full(e) or STORAGE_FULL.is_set()):  # or what followed from it (a file written half)
+            raise
+        raise SweepError(
+            f"the sweep's storage is full ({cfg.root}: {one_line(e)}); it stopped with its state kept: free space, "
+            f"then finish with `{resume_command(cfg)}`"
+        ) from e
     return failed_trials_exit(cfg, results)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from genre_sweep.config import ConfigError, replace_typed
+from genre_sweep.data.manifest import DatasetError
 from genre_sweep.errors import one_line
 from genre_sweep.jobs import worker_logging
 from genre_sweep.model.checkpoint import STATE
@@ -37,8 +38,9 @@ def run_trial(config: dict[str, Any], data: NodeData, template: TrainConfig) -> 
     previous trial (Tune reuses a trial's actor for the next: ``reuse_actors``).
 
     A setting that cannot train (a ``ConfigError``: a value the config or the model refuses, which fails again
-    however often it is tried) is not raised, which Tune would retry: the trial reports it once as ``trial_error``
-    (with the metric as NaN, which the scheduler, the searcher and the report know) and ends. Anything else (a
+    however often it is tried), or a damaged shard (a ``DatasetError``: its checksum disagrees), is not raised,
+    which Tune would retry: the trial reports it once as ``trial_error`` (with the metric as NaN, which the
+    scheduler, the searcher and the report know) and ends. Anything else (a
     killed process, a lost node, a store outage, an unreachable hub, a GPU a node cannot use) is raised and retried
     from the checkpoint, up to ``--max-failures``.
     """
@@ -48,7 +50,7 @@ def run_trial(config: dict[str, Any], data: NodeData, template: TrainConfig) -> 
 
     try:
         train_trial(config, data, template, started)
-    except ConfigError as e:
+    except (ConfigError, DatasetError) as e:  # a setting that cannot train, a damaged shard: retrying cannot help
         reason = one_line(e)
         log.warning("trial %s cannot train its configuration: %s", tune.get_context().get_trial_id(), reason)
         tune.report({template.metric: math.nan, TRIAL_ERROR: reason})

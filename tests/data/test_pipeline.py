@@ -1,10 +1,13 @@
 """prepare on real local Ray over tiny generated corpora, with every kind of bad input mixed in."""
 
+import hashlib
 import json
+import logging
 import shutil
 from collections import Counter, defaultdict
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -13,6 +16,8 @@ from genre_sweep.config import resolve
 from genre_sweep.data.audio import load_clip
 from genre_sweep.data.configs import PrepareConfig
 from genre_sweep.data.features import clip_windows
+from genre_sweep.data.inspect import main as inspect_main
+from genre_sweep.data.manifest import DatasetError
 from genre_sweep.data.pipeline import PrepareError, run_prepare
 from genre_sweep.data.shards import features_array, open_dataset
 from genre_sweep.store import StoreError
@@ -57,6 +62,10 @@ def messy_corpus(tmp_path_factory):
     _wav(b / "u8.wav", _tone(11, 22050), 22050, "PCM_U8")
     _wav(b / "float.wav", _tone(11, 22050), 22050, "FLOAT")
     _wav(root / "polka" / "polka.00000.wav", _tone(11, 22050), 22050)
+    _wav(b / "rate44101.wav", _tone(11, 44101), 44101)  # 16000/44101 in lowest terms: GBs of sinc kernel if exact
+    _wav(b / "rate768k.wav", _tone(11, 16000), 768000)  # a header above 384 kHz (its 11 s of samples last 0.23 s)
+    (b / "zz-copy.wav").write_bytes((b / "blues.00000.wav").read_bytes())  # the same recording twice
+    (b / "loop").symlink_to("..")  # blues/loop/blues/loop/... if followed
     return root
 
 
@@ -75,15 +84,19 @@ EXPECTED_REJECTIONS = {
     "nan.wav": "NaN or infinite",
     "tooshort.wav": "too short",
     "polka.00000.wav": "unknown label",
+    "rate768k.wav": "sample rate 768000 Hz is above the 384000 Hz accepted",
+    "zz-copy.wav": "duplicate of ",
+    "loop": "a folder already walked (a loop or a second path): not followed",
 }
 
 
-def test_every_bad_input_is_rejected_with_its_reason_and_nothing_else_is(prepared):
+def test_every_bad_input_is_rejected_with_its_reason_and_nothing_else_is(prepared, messy_corpus):
     _, manifest = prepared
     got = {r["source"].rsplit("/", 1)[-1]: r["reason"] for r in manifest["rejected"]}
     assert set(got) == set(EXPECTED_REJECTIONS)
     for name, reason in EXPECTED_REJECTIONS.items():
         assert reason in got[name], (name, got[name])
+    assert got["zz-copy.wav"].startswith(f"duplicate of {messy_corpus / 'blues' / 'blues.00000.wav'} (the same content")
     assert manifest["summary"]["rejected"] == len(EXPECTED_REJECTIONS)
 
 
@@ -93,10 +106,10 @@ def test_converted_inputs_become_rows(prepared):
     sources = set()
     for split in ("train", "val", "test"):
         sources |= {s.rsplit("/", 1)[-1] for s in ds.read_split(split, ["source"]).column("source").to_pylist()}
-    for name in ("short.wav", "stereo.wav", "rate8k.wav", "rate48k.wav", "u8.wav", "float.wav"):
+    for name in ("short.wav", "stereo.wav", "rate8k.wav", "rate48k.wav", "rate44101.wav", "u8.wav", "float.wav"):
         assert name in sources
-    # 12 good + 6 converted blues inputs, all accounted for
-    assert sum(manifest["summary"]["tracks_out"].values()) + manifest["summary"]["rejected"] == 12 + 12 + 1
+    # 12 good + 16 other blues inputs + polka, all accounted for
+    assert sum(manifest["summary"]["tracks_out"].values()) + manifest["summary"]["rejected"] == 12 + 16 + 1
 
 
 def test_manifest_counts_match_the_shards(prepared):
@@ -191,7 +204,7 @@ def test_readers_refuse_a_dataset_without_manifest_or_with_a_missing_shard(prepa
         open_dataset(str(copy))
 
 
-def test_a_genre_left_without_training_rows_stops_the_run(ray_local, tmp_path):
+def test_a_genre_left_without_training_rows_stops_the_run_and_removes_its_shards(ray_local, tmp_path):
     corpus = make_corpus(tmp_path / "c", per_genre=2, genres=("blues", "jazz"))
     for f in (corpus / "jazz").iterdir():
         f.write_bytes(b"")
@@ -199,6 +212,7 @@ def test_a_genre_left_without_training_rows_stops_the_run(ray_local, tmp_path):
         run_prepare(_config(corpus, tmp_path / "out", genres="blues,jazz"))
     with pytest.raises(StoreError, match="no manifest.json"):
         open_dataset(str(tmp_path / "out"))
+    assert list((tmp_path / "out").iterdir()) == []  # the blues shards it wrote went with its version folder
 
 
 def test_a_genre_with_no_tracks_at_all_stops_before_any_work(ray_local, tmp_path):
@@ -230,3 +244,117 @@ def test_a_task_resource_no_node_offers_is_refused_before_any_task(ray_local, tm
     with pytest.raises(PrepareError, match="--task-resource cpu_node: no node of this cluster advertises it"):
         run_prepare(_config(corpus, tmp_path / "out", task_resource="cpu_node"))
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_the_manifest_records_each_shards_sha256_as_written(prepared):
+    out, manifest = prepared
+    for shard in manifest["shards"]:
+        data = (out / manifest["version_dir"] / shard["path"]).read_bytes()
+        assert shard["sha256"] == hashlib.sha256(data).hexdigest(), shard["path"]
+
+
+def _copy_with(out, manifest, dest, files=(), **changes):
+    """A copy of the dataset at ``out`` holding the shards ``files`` only, with ``changes`` made to its manifest."""
+    for shard in files:
+        target = dest / manifest["version_dir"] / shard["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / manifest["version_dir"] / shard["path"], target)
+    dest.mkdir(exist_ok=True)
+    (dest / "manifest.json").write_text(json.dumps({**manifest, **changes}))
+    return dest
+
+
+def test_a_flipped_byte_in_a_shard_is_one_line_naming_it(prepared, tmp_path):
+    out, manifest = prepared
+    shard = manifest["shards"][0]
+    copy = _copy_with(out, manifest, tmp_path / "copy", [shard])
+    path = copy / manifest["version_dir"] / shard["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, in the middle of the features
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError) as e:
+        open_dataset(str(copy)).read_shard(shard)
+    assert str(e.value).startswith(f"dataset {copy}: shard {shard['path']} is damaged: its sha256 is ")
+    assert "\n" not in str(e.value)
+
+
+def test_a_manifest_without_checksums_still_loads_with_a_note_that_it_cannot_be_verified(prepared, tmp_path, caplog):
+    out, manifest = prepared
+    shard = manifest["shards"][0]
+    old = [{k: v for k, v in s.items() if k != "sha256"} for s in manifest["shards"]]
+    copy = _copy_with(out, manifest, tmp_path / "old", [shard], shards=old)
+    with caplog.at_level(logging.WARNING, logger="genre_sweep.data.shards"):
+        ds = open_dataset(str(copy))
+    assert ds.read_shard(old[0]).num_rows == shard["rows"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"dataset {copy}: its manifest predates shard checksums; its shards cannot be verified"
+    ]
+
+
+def _without(manifest, *keys):
+    return {k: v for k, v in manifest.items() if k not in keys}
+
+
+MALFORMED = {  # name: (manifest from the real one, what the error says after "manifest.json ")
+    "a list": (lambda m: [m], "is not a genre-sweep manifest: it holds a JSON list, not an object"),
+    "missing keys": (
+        lambda m: _without(m, "genres", "shards"),
+        "is not a genre-sweep manifest: it lacks the key(s) genres, shards",
+    ),
+    "a shard path with ..": (
+        lambda m: {**m, "shards": [{**m["shards"][0], "path": "../../../etc/passwd"}]},
+        "is not a genre-sweep manifest: shards[0]: path '../../../etc/passwd' leaves the dataset",
+    ),
+    "an absolute shard path": (
+        lambda m: {**m, "shards": [{**m["shards"][0], "path": "/etc/passwd"}]},
+        "is not a genre-sweep manifest: shards[0]: path '/etc/passwd' leaves the dataset",
+    ),
+    "a version folder ..": (
+        lambda m: {**m, "version_dir": ".."},
+        "is not a genre-sweep manifest: version_dir '..' is not a folder name inside the dataset",
+    ),
+    "rows as text": (
+        lambda m: {**m, "shards": [{**m["shards"][0], "rows": "12"}]},
+        "is not a genre-sweep manifest: shards[0]: rows must be an integer >= 0, got '12'",
+    ),
+    "features as a list": (
+        lambda m: {**m, "features": [1024, 128]},
+        "is not a genre-sweep manifest: features must be an object, got [1024, 128]",
+    ),
+    "not UTF-8": (lambda m: b"\xff\xfe{}", "is not JSON: "),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_manifest_that_is_not_ours_is_one_line_naming_it_and_what_is_wrong(prepared, tmp_path, case, capsys):
+    _, manifest = prepared
+    change, message = MALFORMED[case]
+    content = change(manifest)
+    path = tmp_path / "ds" / "manifest.json"
+    path.parent.mkdir()
+    path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+    with pytest.raises(DatasetError) as e:
+        open_dataset(str(path.parent))
+    assert str(e.value).startswith(f"{path} {message}") and "\n" not in str(e.value)
+    assert inspect_main(["--shards", str(path.parent)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {e.value}"]
+
+
+def test_inspect_on_a_truncated_or_foreign_shard_is_one_line_naming_it_with_exit_2(prepared, tmp_path, capsys):
+    out, manifest = prepared
+    copy = _copy_with(out, manifest, tmp_path / "copy", manifest["shards"])
+    assert inspect_main(["--shards", str(copy)]) == 0
+    assert "columns: features extension<arrow.fixed_shape_tensor" in capsys.readouterr().out
+    shard = manifest["shards"][-1]
+    path = copy / manifest["version_dir"] / shard["path"]
+    path.write_bytes(path.read_bytes()[:-100])  # cut short, as a full disk or an interrupted copy leaves it
+    assert inspect_main(["--shards", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: dataset {copy}: shard {shard['path']} is not a readable Parquet file: "
+        "Parquet magic bytes not found in footer. Either the file is corrupted or this is not a parquet file."
+    ]
+    pq.write_table(pa.table({"x": [1, 2]}), path)  # another program's Parquet file in its place
+    assert inspect_main(["--shards", str(copy)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: dataset {copy}: shard {shard['path']} is not a genre-sweep shard: it lacks the")

@@ -1,12 +1,16 @@
 """prepare's publish: the old dataset survives a typo, a store outage and a killed run; litter is cleaned up."""
 
+import fcntl
+import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,8 +18,9 @@ from genre_sweep.config import resolve
 from genre_sweep.data.configs import PrepareConfig
 from genre_sweep.data.pipeline import run_prepare
 from genre_sweep.data.prepare import main as prepare_main
+from genre_sweep.data.publish import open_destination
 from genre_sweep.data.shards import open_dataset
-from genre_sweep.store import StoreError, StoreOptions
+from genre_sweep.store import StoreError, StoreOptions, filesystem, list_files, read_bytes, write_to
 from tests.conftest import make_corpus
 
 GENRES = ("blues", "jazz")
@@ -107,7 +112,7 @@ def test_a_killed_prepare_leaves_the_old_dataset_and_the_next_run_leaves_no_stra
 
 
 def test_an_s3_outage_mid_prepare_is_one_line_and_the_same_command_completes_once_it_is_back(
-    ray_local, corpus, restartable_s3, capsys
+    ray_local, corpus, restartable_s3, capsys, caplog
 ):
     endpoint, s3 = restartable_s3.endpoint, restartable_s3.client()
     s3.create_bucket(Bucket="outage")
@@ -140,8 +145,117 @@ def test_an_s3_outage_mid_prepare_is_one_line_and_the_same_command_completes_onc
     manifest = json.loads(s3.get_object(Bucket="outage", Key="ds/manifest.json")["Body"].read())
     assert manifest == old  # no new manifest; the previous dataset still opens
     assert open_dataset(out, StoreOptions(endpoint)).read_split("train").num_rows > 0
-    assert prepare_main(slow) == 0
+
+    left = {o["Key"] for o in s3.list_objects_v2(Bucket="outage", Prefix="ds/").get("Contents", [])}
+
+    def retries() -> int:  # the tasks' warnings, in the worker logs of Ray's session, and the driver's
+        logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+        tasks = sum(f.read_text(errors="replace").count("could not write shard") for f in logs.glob("worker-*.err"))
+        return tasks + caplog.text.count("could not publish")
+
+    before, met = retries(), threading.Event()
+
+    def blip_once_new_shards_appear() -> None:
+        """Once this run's first shard is written, the store goes away until a write has met the outage and is being
+        retried (a task's shard, or the driver's manifest when the tasks were done), 8 s at most."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="outage", Prefix="ds/").get("Contents", [])]
+            if any(k.endswith(".parquet") and k not in left for k in keys):  # this run's, not the failed run's
+                restartable_s3.stop()
+                until = time.monotonic() + 8
+                while time.monotonic() < until and not met.is_set():
+                    if retries() > before:
+                        met.set()
+                    time.sleep(0.1)
+                restartable_s3.start()
+                return
+            time.sleep(0.05)
+
+    blip = threading.Thread(target=blip_once_new_shards_appear)
+    blip.start()
+    with caplog.at_level(logging.WARNING, logger="genre_sweep"):
+        code = prepare_main(slow)
+    blip.join()
+    assert met.is_set()  # a write met the outage and was retried ...
+    assert code == 0, capsys.readouterr().err.strip().splitlines()[-1:]  # ... and the run completed
     new = open_dataset(out, StoreOptions(endpoint)).manifest
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="outage", Prefix="ds/")["Contents"])
     expected = sorted(["ds/manifest.json", *(f"ds/{new['version_dir']}/{s['path']}" for s in new["shards"])])
     assert [k for k in keys if not k.endswith("/")] == expected  # directory markers aside: no stray object
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_of_two_prepares_into_one_out_the_later_publish_fails_in_one_line_and_removes_its_shards(
+    where, tmp_path, request
+):
+    if where == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = request.getfixturevalue("s3_bucket")
+        uri, options = f"s3://{bucket}/ds", StoreOptions(endpoint)
+    else:
+        uri, options = str(tmp_path / "ds"), StoreOptions()
+    first, second = open_destination(uri, options, False), open_destination(uri, options, False)  # both see none
+    write_to(f"{first.version_uri}/train/part-00000.parquet", b"first's shard", options)
+    published = b'{"version_dir": "first"}'
+    first.publish(published)
+    write_to(f"{second.version_uri}/train/part-00000.parquet", b"second's shard", options)  # still running
+    with pytest.raises(StoreError) as e:
+        second.publish(b'{"version_dir": "second"}')
+    assert str(e.value) == (
+        f"{uri}/manifest.json changed while this prepare ran (sha256 none when it started, "
+        f"{hashlib.sha256(published).hexdigest()[:12]} now): another prepare published there; nothing was published"
+    )
+    second.discard()
+    fs, root = filesystem(uri, options)
+    assert [f.path[len(root) + 1 :] for f in list_files(fs, root)] == [
+        "manifest.json",
+        f"{first.version}/train/part-00000.parquet",
+    ]
+    assert read_bytes(f"{uri}/manifest.json", options) == published
+
+
+def test_a_local_publish_checks_and_renames_under_the_destinations_lock(tmp_path):
+    out = tmp_path / "ds"
+    dest = open_destination(str(out), StoreOptions(), False)
+    outcome = []
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another prepare in the middle of its own publish
+    publisher = threading.Thread(target=lambda: outcome.append(_outcome(dest.publish, b"mine")))
+    publisher.start()
+    publisher.join(0.5)
+    assert publisher.is_alive() and not (out / "manifest.json").exists()  # it waits for the lock...
+    (out / "manifest.json").write_bytes(b"theirs")  # ...while the holder publishes
+    os.close(fd)
+    publisher.join(10)
+    assert outcome == ["StoreError"] and (out / "manifest.json").read_bytes() == b"theirs"
+
+
+def _outcome(action, *args) -> str:
+    try:
+        action(*args)
+    except StoreError:
+        return "StoreError"
+    return "ok"
+
+
+def test_a_prepare_whose_out_changes_while_it_runs_fails_in_one_line_and_leaves_none_of_its_shards(
+    ray_local, corpus, tmp_path
+):
+    out = tmp_path / "ds"
+    theirs = b'{"written": "by another prepare"}'
+
+    def publish_theirs_once_this_run_has_begun() -> None:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("v-*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        write_to(str(out / "manifest.json"), theirs)
+
+    other = threading.Thread(target=publish_theirs_once_this_run_has_begun)
+    other.start()
+    try:
+        with pytest.raises(StoreError, match=r"manifest.json changed while this prepare ran .*nothing was published$"):
+            run_prepare(_config(corpus, out, tracks_per_task=1))  # six tasks: long enough for the other to publish
+    finally:
+        other.join()
+    assert _files(out) == ["manifest.json"] and (out / "manifest.json").read_bytes() == theirs

@@ -3,14 +3,17 @@ prefix cache stored there the same way, and turned off when it does not fit."""
 
 import json
 import logging
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 import torch
 
+from genre_sweep.data.manifest import DatasetError
 from genre_sweep.data.shards import open_dataset
 from genre_sweep.model.configs import AdapterSettings
 from genre_sweep.model.data import load_data
@@ -139,3 +142,20 @@ def test_a_cache_build_killed_half_way_is_rebuilt_not_read(small_shards, small_d
     model = build_model("tiny", len(small_data.genres), AdapterSettings(min_layer=10), 256, 128)
     expected = build_cache(model, small_data, start=10, device=torch.device("cpu"))
     assert np.array_equal(data.prefix.states["train"], expected.states["train"])
+
+
+def test_a_flipped_byte_in_a_shard_stops_the_node_store_build_in_one_line_naming_it(small_shards, tmp_path):
+    copy = tmp_path / "shards"
+    shutil.copytree(small_shards, copy)
+    manifest = open_dataset(str(copy)).manifest
+    shard = manifest["shards"][-1]
+    path = copy / manifest["version_dir"] / shard["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one bit, inside the data pages: Parquet itself would read it back as other features
+    path.write_bytes(bytes(data))
+    root = tmp_path / "store"
+    with pytest.raises(DatasetError) as e:
+        node_data(str(copy), splits=("train", "val"), root=root)
+    assert str(e.value).startswith(f"dataset {copy}: shard {shard['path']} is damaged: its sha256 is ")
+    assert "\n" not in str(e.value)
+    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []  # nothing built, nothing half-built

@@ -164,6 +164,12 @@ BAD_INPUTS = [
     ("--resume", None, "--resume: no sweep named 'bad' in"),
     ("--metric", "eval_accuracy", "argument --metric: invalid choice: 'eval_accuracy' (choose from "),
     ("--space", "{tmp}/zero.yaml", "--space {tmp}/zero.yaml: search space batch_size: low 0: batch_size must be >= 1"),
+    (
+        "--name",
+        "..",
+        "name must be a plain folder name (letters, digits, '.', '_', '-'; not starting with '.'), got '..'",
+    ),
+    ("--grace-period", "7", "--grace-period 7 is above the most epochs a trial runs (6: the space)"),
 ]
 
 
@@ -193,3 +199,30 @@ def test_a_bad_sweep_input_is_one_line_in_seconds_and_writes_nothing(
     assert len(err) == 1 and "error: " in err[0] and message.format(tmp=tmp_path) in err[0], err
     assert time.monotonic() - began < 20  # before Ray starts trials or builds a cache
     assert not (storage / "bad").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_storage_stays_full_stops_in_one_line_and_resumes_once_there_is_room(
+    sweep_shards, quick_space, tmp_path, capsys
+):
+    import subprocess
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        storage, name = disk / "sweeps", "full"
+        args = sweep_args(sweep_shards, storage, name, quick_space, 3, "--max-concurrent-trials", "1", "--no-retrain")
+        capsys.readouterr()
+        assert sweep_main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: the sweep's storage is full"), err
+        assert err[0].endswith(f"--name {name} --resume`")
+        subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)  # room again
+        assert sweep_main([*args, "--resume"]) == 0
+        states = _states(name, f"sqlite:///{storage / name / 'optuna.db'}")
+        assert len(states) >= 3 and "RUNNING" not in states, states
+        assert sum(s in FINISHED for s in states) >= 3
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
