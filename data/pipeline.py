@@ -177,7 +177,8 @@ def _prepare_into(dest: Destination, cfg: PrepareConfig, start: float) -> dict[s
     DataContext.get_current().execution_options.preserve_order = True  # same shards on every run
     # A failed task's error reaches run_job (one line for ours, a traceback for a bug); Ray Data's own copy
     # of its traceback, logged as it aborts, would only bury that line.
-    logging.getLogger("ray.data._internal.execution.streaming_executor_state").setLevel(logging.CRITICAL)
+    for noisy in ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     settings = cfg.track_settings()
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / cfg.tracks_per_task)))
     ds = ds.map_batches(

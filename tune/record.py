@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import pickle
+import pickletools
 from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
@@ -198,7 +198,7 @@ def check_tune_state(cfg: RetrainConfig, action: str) -> None:
         files = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     except OSError as e:
         raise StoreError(f"cannot read the sweep's storage {cfg.root}: {e}") from e
-    for prefix, parse in (("experiment_state-", _experiment_state), ("searcher-state-", pickle.loads)):
+    for prefix, parse in (("experiment_state-", _experiment_state), ("searcher-state-", _whole_pickle)):
         newest = max((f for f in files if f.base_name.startswith(prefix)), key=lambda f: f.base_name, default=None)
         if newest is None:
             continue
@@ -212,6 +212,14 @@ def check_tune_state(cfg: RetrainConfig, action: str) -> None:
                 f"{action}: Tune's state {join(cfg.root, newest.base_name)} is damaged ({type(e).__name__}: "
                 f"{one_line(e)}); the sweep cannot resume from it (restore the file, or start a sweep of another name)"
             ) from e
+
+
+def _whole_pickle(data: bytes) -> None:
+    """A pickle read to its end without running it (unpickling the searcher would reconnect to its study, and
+    create an empty one where a lost head's study is about to be restored)."""
+    ops = [op.name for op, _, _ in pickletools.genops(data)]
+    if not ops or ops[-1] != "STOP":
+        raise ValueError("the pickle ends before its STOP")
 
 
 def _experiment_state(data: bytes) -> None:

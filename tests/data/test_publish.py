@@ -140,6 +140,7 @@ def test_an_s3_outage_mid_prepare_is_one_line_and_the_same_command_completes_onc
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2, err
         assert err[-1].startswith("error: cannot write") and out in err[-1], err
+        assert not any("Traceback" in line for line in err), err  # the one line, without Ray Data's in front
     finally:
         restartable_s3.start()  # the store comes back as it was
     manifest = json.loads(s3.get_object(Bucket="outage", Key="ds/manifest.json")["Body"].read())

@@ -226,3 +226,18 @@ def test_a_sweep_whose_storage_stays_full_stops_in_one_line_and_resumes_once_the
         assert sum(s in FINISHED for s in states) >= 3
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_cut_off_shard_stops_a_sweep_in_one_line_before_any_trial(sweep_shards, quick_space, tmp_path, capsys):
+    import shutil
+
+    damaged = tmp_path / "shards"
+    shutil.copytree(sweep_shards, damaged)
+    shard = sorted(damaged.rglob("val/*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:200])  # a copy cut short
+    began = time.monotonic()
+    capsys.readouterr()
+    assert sweep_main(sweep_args(damaged, tmp_path / "sweeps", "cut", quick_space, 2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"shard val/{shard.name} is not a readable Parquet file" in err[0], err
+    assert time.monotonic() - began < 20 and not (tmp_path / "sweeps" / "cut").exists()  # no trial started

@@ -105,7 +105,7 @@ def test_a_damaged_tune_state_is_one_line_naming_it_not_a_silent_restart(tmp_pat
         check_tune_state(cfg, "--resume")
     (root / "experiment_state-2026-01-02_00-00-00.json").unlink()
     (root / "searcher-state-2026-01-02_00-00-00.pkl").write_bytes(pickle.dumps({"searcher": 1})[:-3])
-    with pytest.raises(SweepError, match=r"searcher-state-2026-01-02_00-00-00.pkl is damaged \(UnpicklingError"):
+    with pytest.raises(SweepError, match=r"searcher-state-2026-01-02_00-00-00.pkl is damaged \(ValueError"):
         check_tune_state(cfg, "retrain")
 
 

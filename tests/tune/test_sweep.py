@@ -212,7 +212,7 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_and_finishes_every_trial(
     import sqlite3
     import time
 
-    storage, name, trials = tmp_path / "sweeps", "r1", 6
+    storage, name, trials = tmp_path / "sweeps", "r1", 5
     args = sweep_args(
         sweep_shards, storage, name, quick_space, trials, "--max-concurrent-trials", "1", "--retrain-seeds", "1"
     )
@@ -258,7 +258,7 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_and_finishes_every_trial(
     assert not (storage / name / "report").exists()  # no retrain, no report from a cut-off search
     assert "FAIL" not in states()  # the running trial stays resumable, not failed
 
-    driver, log = driver_until(3, "--resume")
+    driver, log = driver_until(2, "--resume")
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-trial
     driver.wait()
     rungs_before = json.loads((storage / f"{name}-asha-state.json").read_text())["rungs"]
