@@ -30,6 +30,11 @@ class StoreError(GenreSweepError, RuntimeError):
     """A store can't be reached, read or written; the message names the location."""
 
 
+class StoreUnreachable(StoreError):
+    """A write failed because the store could not be reached (not because it is full): what was written before
+    stays useful to a rerun."""
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreOptions:
     """How to reach S3: an endpoint override (``http://host:port``) and a region, both optional."""

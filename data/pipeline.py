@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import time
@@ -24,13 +25,22 @@ from ray.data.datasource import Datasink, WriteResult
 
 from genre_sweep.data.configs import SPLITS, PrepareConfig, TrackSettings
 from genre_sweep.data.features import AST_MEAN, AST_STD, FRAME_SHIFT, SAMPLE_RATE
-from genre_sweep.data.publish import Destination, open_destination
+from genre_sweep.data.publish import DONE, Destination, open_destination
 from genre_sweep.data.shards import FORMAT_VERSION, manifest_bytes, results_table, shard_table, write_shard
 from genre_sweep.data.sources import Rejection, discover, labels_of, work_items
 from genre_sweep.data.tracks import process_track
-from genre_sweep.errors import GenreSweepError, one_line
+from genre_sweep.errors import GenreSweepError, one_line, user_error
 from genre_sweep.ray_start import init_ray, resource_offered
-from genre_sweep.store import StoreError, StoreOptions, filesystem, join, with_retries
+from genre_sweep.store import (
+    StoreError,
+    StoreOptions,
+    StoreUnreachable,
+    filesystem,
+    join,
+    storage_full,
+    with_retries,
+    write_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +62,9 @@ def _process_batch(batch: pa.Table, settings: TrackSettings) -> pa.Table:
 class ShardSink(Datasink[dict]):
     """Writes one Parquet shard per (block, split); returns what it wrote and what it refused."""
 
-    def __init__(self, uri: str, options: StoreOptions, frames: int, mel_bins: int):
+    def __init__(self, uri: str, options: StoreOptions, frames: int, mel_bins: int, effects: tuple[str, ...]):
         self.uri, self.options, self.frames, self.mel_bins = uri, options, frames, mel_bins
+        self.effects = effects  # the variants a training track has besides its original (see data.tracks)
         self.result: dict[str, Any] | None = None
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> dict:
@@ -68,46 +79,65 @@ class ShardSink(Datasink[dict]):
             table = BlockAccessor.for_block(block).to_arrow()
             if table.num_rows == 0:
                 continue
-            rejected = pc.is_valid(table.column("reject_reason"))
-            for r in (
-                table.filter(rejected).select(["source", "genre", "reject_reason", "track_id", "split"]).to_pylist()
-            ):
-                out["rejected"].append(
-                    dataclasses.asdict(
-                        Rejection(r["source"], r["genre"], r["reject_reason"], r["track_id"], r["split"])
-                    )
+            block_out = self._write_block(fs, root, table)
+            for k in ("shards", "rejected", "tracks"):
+                out[k].extend(block_out[k])
+        return out
+
+    def _write_block(self, fs: pa.fs.FileSystem, root: str, table: pa.Table) -> dict[str, list]:
+        """A block's shards, then its record (``done/<its tracks' hash>.json``): what a rerun of the same command
+        takes instead of processing the block's tracks again."""
+        out: dict[str, list] = {"shards": [], "rejected": [], "tracks": [], "covers": [], "nodes": []}
+        rejected = pc.is_valid(table.column("reject_reason"))
+        for r in table.filter(rejected).select(["source", "genre", "reject_reason", "track_id", "split"]).to_pylist():
+            out["rejected"].append(
+                dataclasses.asdict(Rejection(r["source"], r["genre"], r["reject_reason"], r["track_id"], r["split"]))
+            )
+        accepted = table.filter(pc.invert(rejected))
+        per_track = table.select(["track_id", "source_sha256", "split", "genre", "duration_s", "reject_reason"])
+        for t in {r["track_id"]: r for r in per_track.to_pylist()}.values():
+            t["accepted"] = t.pop("reject_reason") is None
+            out["tracks"].append(t)
+        for split in SPLITS:
+            rows = accepted.filter(pc.equal(accepted.column("split"), split))
+            if rows.num_rows == 0:
+                continue
+            first = rows.slice(0, 1).to_pylist()[0]
+            name = f"{split}/part-{first['track_index']:05d}-{first['variant']}-{first['window']:02d}.parquet"
+            shard, written = shard_table(rows, self.frames, self.mel_bins), []
+            try:  # a blip of the store is ridden out; a lasting outage is one line naming it
+                with_retries(
+                    lambda: written.append(write_shard(fs, join(root, name), shard)),  # noqa: B023 (called here)
+                    f"write shard {name} to {self.uri}",
+                    waits=PREPARE_RETRY_WAITS_S,
                 )
-            accepted = table.filter(pc.invert(rejected))
-            per_track = table.select(["track_id", "source_sha256", "split", "genre", "duration_s", "reject_reason"])
-            for t in {r["track_id"]: r for r in per_track.to_pylist()}.values():
-                t["accepted"] = t.pop("reject_reason") is None
-                out["tracks"].append(t)
-            for split in SPLITS:
-                rows = accepted.filter(pc.equal(accepted.column("split"), split))
-                if rows.num_rows == 0:
-                    continue
-                first = rows.slice(0, 1).to_pylist()[0]
-                name = f"{split}/part-{first['track_index']:05d}-{first['variant']}-{first['window']:02d}.parquet"
-                table, written = shard_table(rows, self.frames, self.mel_bins), []
-                try:  # a blip of the store is ridden out; a lasting outage is one line naming it
-                    with_retries(
-                        lambda: written.append(write_shard(fs, join(root, name), table)),  # noqa: B023 (called here)
-                        f"write shard {name} to {self.uri}",
-                        waits=PREPARE_RETRY_WAITS_S,
-                    )
-                except OSError as e:
-                    raise StoreError(f"cannot write shard {name} to {self.uri}: {one_line(e)}") from e
-                sha256 = written[0]
-                genres, rows_per_genre = _value_counts(rows.column("genre"))
-                out["shards"].append(
-                    {
-                        "path": name,
-                        "split": split,
-                        "rows": rows.num_rows,
-                        "genres": dict(zip(genres, rows_per_genre, strict=True)),
-                        "sha256": sha256,  # of the file as written: readers check it (data.shards)
-                    }
-                )
+            except OSError as e:
+                raise _write_error(e)(f"cannot write shard {name} to {self.uri}: {one_line(e)}") from e
+            sha256 = written[0]
+            genres, rows_per_genre = _value_counts(rows.column("genre"))
+            out["shards"].append(
+                {
+                    "path": name,
+                    "split": split,
+                    "rows": rows.num_rows,
+                    "genres": dict(zip(genres, rows_per_genre, strict=True)),
+                    "sha256": sha256,  # of the file as written: readers check it (data.shards)
+                }
+            )
+        # the block's tracks, if all of them are whole in it (Ray Data may cut a batch's output into blocks, and a
+        # rerun must not take up a track whose other rows are elsewhere): else the record is not reused
+        out["covers"] = _whole_tracks(table, self.effects)
+        out["nodes"] = [ray.get_runtime_context().get_node_id()]
+        key = hashlib.sha256("\n".join(out["covers"]).encode()).hexdigest()[:16]
+        record = json.dumps(out, sort_keys=True).encode()
+        try:
+            with_retries(
+                lambda: write_bytes(fs, join(root, DONE, f"{key}.json"), record),
+                f"record a block under {self.uri}",
+                waits=PREPARE_RETRY_WAITS_S,
+            )
+        except OSError as e:
+            raise _write_error(e)(f"cannot write to {self.uri}: {one_line(e)}") from e
         return out
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:
@@ -116,6 +146,25 @@ class ShardSink(Datasink[dict]):
             for k in merged:
                 merged[k].extend(part[k])
         self.result = merged
+
+
+def _whole_tracks(table: pa.Table, effects: tuple[str, ...]) -> list[str]:
+    """The block's track ids, sorted, when every track in it is whole there: each variant it must have (the
+    original, and one per effect for a training track) with all its windows, or its one rejection row; else []."""
+    rows = table.select(["track_id", "split", "variant", "window", "n_windows", "reject_reason"]).to_pylist()
+    by_track: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_track.setdefault(r["track_id"], []).append(r)
+    for track in by_track.values():
+        if track[0]["reject_reason"] is not None:
+            continue
+        expected = {"original", *(effects if track[0]["split"] == "train" else ())}
+        windows: dict[str, set[int]] = {}
+        for r in track:
+            windows.setdefault(r["variant"], set()).add(r["window"])
+        if set(windows) != expected or any(len(windows[r["variant"]]) != r["n_windows"] for r in track):
+            return []
+    return sorted(by_track)
 
 
 def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
@@ -153,9 +202,21 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     dest = open_destination(cfg.out, cfg.options, cfg.overwrite)  # checked, nothing removed (see data.publish)
     try:
         return _prepare_into(dest, cfg, start)
-    except BaseException:  # an error, Ctrl-C or SIGTERM: no unreferenced shards left behind
-        dest.discard()
+    except BaseException as e:  # an error, Ctrl-C or SIGTERM: no unreferenced shards left behind ...
+        if _unreachable(e):  # ... except when the store went away: the same command, rerun, takes them up
+            log.info("prepare: the shards written so far stay in %s for the same command to reuse", dest.version_uri)
+        else:
+            dest.discard()
         raise
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed for want of the store (not a full one), here or in a task."""
+    return isinstance(error, Exception) and isinstance(user_error(error), StoreUnreachable)
+
+
+def _write_error(error: OSError) -> type[StoreError]:
+    return StoreError if storage_full(error) else StoreUnreachable
 
 
 def _prepare_into(dest: Destination, cfg: PrepareConfig, start: float) -> dict[str, Any]:
@@ -168,6 +229,28 @@ def _prepare_into(dest: Destination, cfg: PrepareConfig, start: float) -> dict[s
     items = work_items(tracks, cfg.split, cfg.seed, genres)
     log.info("prepare: %d tracks (%d refused before decoding) -> %s", len(items), len(discovery_rejects), cfg.out)
 
+    settings = cfg.track_settings()
+    # an earlier run of the same inputs and settings that stopped part-way (a store outage, a killed process):
+    # its completed blocks are taken up, their tracks not processed again
+    key = hashlib.sha256(
+        json.dumps(
+            {"items": items, "settings": dataclasses.asdict(settings), "format": FORMAT_VERSION}, sort_keys=True
+        ).encode()
+    ).hexdigest()
+    reused = [r for r in dest.resume_or_start(key) if r.get("covers")]
+    done = {track for r in reused for track in r["covers"]}
+    if done:
+        log.info("prepare: reusing the shards of %d tracks an interrupted run of this command wrote", len(done))
+    left = [item for item in items if item["track_id"] not in done]
+    written = _process(left, dest, cfg, settings) if left else {"shards": [], "rejected": [], "tracks": [], "nodes": []}
+    for record in reused:
+        for k in written:
+            written[k].extend(record[k])
+    return _publish(dest, cfg, start, written, genres, items, tracks, discovery_rejects)
+
+
+def _process(items: list[dict], dest: Destination, cfg: PrepareConfig, settings: TrackSettings) -> dict[str, list]:
+    """Decode, augment and featurise ``items`` with Ray Data, writing their shards into ``dest``'s version."""
     init_ray(cfg.ray_address)
     if cfg.task_resource and not resource_offered(cfg.task_resource):
         raise PrepareError(
@@ -179,7 +262,6 @@ def _prepare_into(dest: Destination, cfg: PrepareConfig, start: float) -> dict[s
     # of its traceback, logged as it aborts, would only bury that line.
     for noisy in ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    settings = cfg.track_settings()
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / cfg.tracks_per_task)))
     ds = ds.map_batches(
         _process_batch,
@@ -190,10 +272,23 @@ def _prepare_into(dest: Destination, cfg: PrepareConfig, start: float) -> dict[s
         # only on the nodes advertising it (cluster.yaml's CPU nodes), so prepare never starts a GPU worker
         resources={cfg.task_resource: 1} if cfg.task_resource else None,
     )
-    sink = ShardSink(dest.version_uri, options, cfg.frames, cfg.mel_bins)
+    sink = ShardSink(dest.version_uri, cfg.options, cfg.frames, cfg.mel_bins, settings.effects)
     ds.write_datasink(sink)
     assert sink.result is not None
-    written = sink.result
+    return sink.result
+
+
+def _publish(
+    dest: Destination,
+    cfg: PrepareConfig,
+    start: float,
+    written: dict[str, list],
+    genres: tuple[str, ...],
+    items: list[dict],
+    tracks: list[Any],
+    discovery_rejects: list[Rejection],
+) -> dict[str, Any]:
+    """The manifest of what was written (this run's blocks and those taken up from an earlier run), published."""
     rejected = [dataclasses.asdict(r) for r in discovery_rejects] + written["rejected"]
 
     per_track = {t["track_id"]: t for t in written["tracks"]}  # a track split over blocks appears twice
@@ -245,6 +340,7 @@ def _prepare_into(dest: Destination, cfg: PrepareConfig, start: float) -> dict[s
         },
     }
     dest.publish(manifest_bytes(manifest))
+    dest.tidy({shard["path"] for shard in written["shards"]})
     return manifest
 
 

@@ -8,8 +8,11 @@ renamed locally), and only then removes older versions and what interrupted runs
 - an existing dataset stays readable, unchanged, until the new one is complete, and ``--overwrite``
   never deletes anything before the source has been read and every new shard written;
 - a run that stops (an error, a store outage, a killed process) leaves the old dataset as it was; a run
-  that fails removes its own partial version (``Destination.discard``), and what a killed run leaves,
-  unreferenced, is removed by the next successful run;
+  that fails removes its own partial version (``Destination.discard``), unless the store went away;
+- a run marks its version with the key of its inputs and settings (``run.json``); a later run with the same
+  key continues that version (``Destination.resume_or_start``), taking up the blocks it completed (their
+  records under ``done/``, written by ``data.pipeline.ShardSink``), and once published removes what its
+  manifest does not list (``Destination.tidy``); whatever else is left is removed by the next successful run;
 - two runs into one destination: the later publish finds the manifest changed since it opened the
   destination and fails in one line, publishing nothing (compare-and-swap: locally under an exclusive
   lock on the destination folder, so the check and the rename are one step for every prepare on this
@@ -24,12 +27,14 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -52,6 +57,8 @@ from genre_sweep.store import (
 
 log = logging.getLogger(__name__)
 
+RUN = "run.json"  # in an unpublished version: the key of the inputs and settings that run prepares
+DONE = "done"  # in an unpublished version: one record per completed block (data.pipeline.ShardSink)
 VERSION = re.compile(r"v-\d{8}T\d{6}-[0-9a-f]{8}")
 # shards of datasets written before version folders existed: <out>/<split>/part-*.parquet
 LEGACY_SHARD = re.compile(rf"({'|'.join(SPLITS)})/part-[^/]+\.parquet")
@@ -70,6 +77,23 @@ def _ours(relative: str) -> bool:
         or bool(VERSION.fullmatch(top))
         or bool(LEGACY_SHARD.fullmatch(relative))
     )
+
+
+def _read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
+    """A small JSON record a run wrote; {} when it is missing or cut off (a run killed while writing it)."""
+    try:
+        with fs.open_input_stream(path) as f:
+            return _parse(f.read())
+    except FileNotFoundError:
+        return {}
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _read_manifest(fs: pafs.FileSystem, root: str) -> bytes | None:
@@ -158,6 +182,42 @@ class Destination:
             log.warning("prepare: could not remove this run's unpublished %s under %s: %s", self.version, self.uri, e)
             return
         log.info("prepare: removed this run's unpublished %s under %s", self.version, self.uri)
+
+    def resume_or_start(self, key: str) -> list[dict[str, Any]]:
+        """Continue the unpublished version an earlier run of the same inputs and settings (``key``) left, if there
+        is one: this run then writes there, and gets back the record of every block that run completed (its
+        shards, rejections and tracks), whose tracks it need not process again. Otherwise this run's own version
+        is marked with ``key``, for a later run to continue."""
+        current = _parse(self.seen).get("version_dir") if self.seen else None
+        try:
+            for info in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)):
+                top = info.base_name
+                if info.type != pafs.FileType.Directory or not VERSION.fullmatch(top) or top in (self.version, current):
+                    continue
+                if _read_json(self.fs, join(self.root, top, RUN)).get("key") != key:
+                    continue
+                with contextlib.suppress(OSError):  # this run's own version holds nothing yet (its probe's folder)
+                    self.fs.delete_dir(join(self.root, self.version))
+                self.version = top
+                done = self.fs.get_file_info(pafs.FileSelector(join(self.root, top, DONE), allow_not_found=True))
+                return [_read_json(self.fs, f.path) for f in sorted(done, key=lambda f: f.path)]
+            write_bytes(self.fs, join(self.root, self.version, RUN), json.dumps({"key": key}).encode())
+        except OSError as e:
+            raise StoreError(f"cannot prepare the output store {self.uri}: {one_line(e)}") from e
+        return []
+
+    def tidy(self, shards: set[str]) -> None:
+        """After the publish: remove from the published version what its manifest does not list (the run marker,
+        the blocks' records, a shard an interrupted earlier run left under another name); only litter if it fails."""
+        version = join(self.root, self.version)
+        try:
+            for f in list_files(self.fs, version):
+                if f.path[len(version) + 1 :] not in shards:
+                    self.fs.delete_file(f.path)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_dir(join(version, DONE))
+        except OSError as e:
+            log.warning("prepare: the dataset is published, but %s holds files it does not list: %s", version, e)
 
     def remove_all_but_current(self) -> None:
         """Older versions, legacy shards and interrupted runs' folders; a failure here only leaves litter."""

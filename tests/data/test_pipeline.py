@@ -358,3 +358,20 @@ def test_inspect_on_a_truncated_or_foreign_shard_is_one_line_naming_it_with_exit
     assert inspect_main(["--shards", str(copy)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: dataset {copy}: shard {shard['path']} is not a genre-sweep shard: it lacks the")
+
+
+def test_a_blocks_record_covers_its_tracks_only_when_each_is_whole_in_it():
+    import pyarrow as pa
+
+    from genre_sweep.data.pipeline import _whole_tracks
+
+    def block(rows):
+        names = ["track_id", "split", "variant", "window", "n_windows", "reject_reason"]
+        return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
+
+    whole = [("a", "train", v, w, 2, None) for v in ("original", "echo") for w in (0, 1)]
+    rejected = [("b", "val", None, None, None, "too short")]
+    assert _whole_tracks(block(whole + rejected), ("echo",)) == ["a", "b"]
+    assert _whole_tracks(block(whole[:-1]), ("echo",)) == []  # a window in another block
+    assert _whole_tracks(block(whole[:2]), ("echo",)) == []  # the echo copy in another block
+    assert _whole_tracks(block([("c", "val", "original", 0, 1, None)]), ("echo",)) == ["c"]  # no copies off train

@@ -122,16 +122,16 @@ def test_an_s3_outage_mid_prepare_is_one_line_and_the_same_command_completes_onc
     old = json.loads(s3.get_object(Bucket="outage", Key="ds/manifest.json")["Body"].read())
     slow = [*command, "--effects", "echo,highpass,lowpass,bundle", "--tracks-per-task", "1", "--overwrite"]
 
-    def stop_once_new_shards_appear() -> None:
+    def stop_once_a_block_is_done() -> None:  # once a task has written its shards and its block's record
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             keys = [o["Key"] for o in s3.list_objects_v2(Bucket="outage", Prefix="ds/").get("Contents", [])]
-            if any(k.endswith(".parquet") and old["version_dir"] not in k for k in keys):
+            if any("/done/" in k for k in keys):
                 restartable_s3.stop()
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
 
-    stopper = threading.Thread(target=stop_once_new_shards_appear)
+    stopper = threading.Thread(target=stop_once_a_block_is_done)
     stopper.start()
     capsys.readouterr()
     try:
@@ -148,6 +148,8 @@ def test_an_s3_outage_mid_prepare_is_one_line_and_the_same_command_completes_onc
     assert open_dataset(out, StoreOptions(endpoint)).read_split("train").num_rows > 0
 
     left = {o["Key"] for o in s3.list_objects_v2(Bucket="outage", Prefix="ds/").get("Contents", [])}
+    kept = {k for k in left if k.endswith(".parquet") and old["version_dir"] not in k}  # the cut-off run's shards
+    assert kept and any("/done/" in k for k in left)  # kept for the same command to take up
 
     def retries() -> int:  # the tasks' warnings, in the worker logs of Ray's session, and the driver's
         logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
@@ -175,12 +177,14 @@ def test_an_s3_outage_mid_prepare_is_one_line_and_the_same_command_completes_onc
 
     blip = threading.Thread(target=blip_once_new_shards_appear)
     blip.start()
-    with caplog.at_level(logging.WARNING, logger="genre_sweep"):
+    with caplog.at_level(logging.INFO, logger="genre_sweep"):
         code = prepare_main(slow)
     blip.join()
     assert met.is_set()  # a write met the outage and was retried ...
     assert code == 0, capsys.readouterr().err.strip().splitlines()[-1:]  # ... and the run completed
+    assert "prepare: reusing the shards of" in caplog.text  # the cut-off run's completed blocks were taken up
     new = open_dataset(out, StoreOptions(endpoint)).manifest
+    assert all(k.startswith(f"ds/{new['version_dir']}/") for k in kept)  # written into the cut-off run's version
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="outage", Prefix="ds/")["Contents"])
     expected = sorted(["ds/manifest.json", *(f"ds/{new['version_dir']}/{s['path']}" for s in new["shards"])])
     assert [k for k in keys if not k.endswith("/")] == expected  # directory markers aside: no stray object
@@ -260,3 +264,15 @@ def test_a_prepare_whose_out_changes_while_it_runs_fails_in_one_line_and_leaves_
     finally:
         other.join()
     assert _files(out) == ["manifest.json"] and (out / "manifest.json").read_bytes() == theirs
+
+
+def test_only_a_run_of_the_same_inputs_and_settings_takes_up_an_unpublished_version(tmp_path):
+    uri, options = str(tmp_path / "ds"), StoreOptions()
+    first = open_destination(uri, options, False)
+    assert first.resume_or_start("same") == []  # nothing to take up: its own version, marked
+    record = {"covers": ["blues/a"], "shards": [], "rejected": [], "tracks": [], "nodes": []}
+    write_to(f"{first.version_uri}/done/0123.json", json.dumps(record).encode())
+    other = open_destination(uri, options, False)
+    assert other.resume_or_start("other settings") == [] and other.version != first.version
+    same = open_destination(uri, options, False)
+    assert same.resume_or_start("same") == [record] and same.version == first.version
