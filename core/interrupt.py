@@ -66,21 +66,23 @@ def interruptible() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def graceful(stop: Callable[[], None], what: str) -> Iterator[list[int]]:
+def graceful(stop: Callable[[], bool], what: str) -> Iterator[list[int]]:
     """While inside, the first SIGINT or SIGTERM calls ``stop()`` (which must return at once) and is appended to
-    the yielded list; a second raises ``Interrupted``. The handlers before are put back on the way out."""
+    the yielded list; a second raises ``Interrupted``, as does the first when ``stop()`` says there is nothing to
+    stop gracefully yet (False). The handlers before are put back on the way out."""
     received: list[int] = []
 
     def first(signum: int, frame: FrameType | None) -> None:
         if received:
             raise Interrupted(signum)
         received.append(signum)
+        if not stop():
+            raise Interrupted(signum)
         log.warning(
             "%s received: stopping %s (its state is kept to resume); press Ctrl-C again to stop at once",
             signal.Signals(signum).name,
             what,
         )
-        stop()
 
     if not _main_thread():
         yield received

@@ -28,7 +28,7 @@ from genre_sweep.data.features import AST_MEAN, AST_STD, FRAME_SHIFT, SAMPLE_RAT
 from genre_sweep.data.publish import DONE, Destination, open_destination
 from genre_sweep.data.shards import FORMAT_VERSION, manifest_bytes, results_table, shard_table, write_shard
 from genre_sweep.data.sources import Rejection, discover, labels_of, work_items
-from genre_sweep.data.tracks import process_track
+from genre_sweep.data.tracks import UNREADABLE, process_track
 from genre_sweep.errors import GenreSweepError, one_line, user_error
 from genre_sweep.ray_start import init_ray, resource_offered
 from genre_sweep.store import (
@@ -150,13 +150,16 @@ class ShardSink(Datasink[dict]):
 
 def _whole_tracks(table: pa.Table, effects: tuple[str, ...]) -> list[str]:
     """The block's track ids, sorted, when every track in it is whole there: each variant it must have (the
-    original, and one per effect for a training track) with all its windows, or its one rejection row; else []."""
+    original, and one per effect for a training track) with all its windows, or its one rejection row (not one
+    for a file that could not be read, which a rerun must try again); else []."""
     rows = table.select(["track_id", "split", "variant", "window", "n_windows", "reject_reason"]).to_pylist()
     by_track: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_track.setdefault(r["track_id"], []).append(r)
     for track in by_track.values():
         if track[0]["reject_reason"] is not None:
+            if track[0]["reject_reason"].startswith(UNREADABLE):  # perhaps the store, not the file: read it again
+                return []
             continue
         expected = {"original", *(effects if track[0]["split"] == "train" else ())}
         windows: dict[str, set[int]] = {}
@@ -208,6 +211,8 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
         else:
             dest.discard()
         raise
+    finally:
+        dest.close()
 
 
 def _unreachable(error: BaseException) -> bool:
@@ -237,7 +242,7 @@ def _prepare_into(dest: Destination, cfg: PrepareConfig, start: float) -> dict[s
             {"items": items, "settings": dataclasses.asdict(settings), "format": FORMAT_VERSION}, sort_keys=True
         ).encode()
     ).hexdigest()
-    reused = [r for r in dest.resume_or_start(key) if r.get("covers")]
+    reused = [r for r in dest.resume_or_start(key) if r.get("covers") and _shards_there(dest, r)]
     done = {track for r in reused for track in r["covers"]}
     if done:
         log.info("prepare: reusing the shards of %d tracks an interrupted run of this command wrote", len(done))
@@ -247,6 +252,20 @@ def _prepare_into(dest: Destination, cfg: PrepareConfig, start: float) -> dict[s
         for k in written:
             written[k].extend(record[k])
     return _publish(dest, cfg, start, written, genres, items, tracks, discovery_rejects)
+
+
+def _shards_there(dest: Destination, record: dict[str, Any]) -> bool:
+    """Whether every shard a block's record lists is there, whole in size (a removal or a write may have been cut
+    off since); if not, the block's tracks are processed again."""
+    fs, root = filesystem(dest.version_uri, dest.options)
+    try:
+        for shard in record.get("shards", []):
+            info = fs.get_file_info(join(root, shard["path"]))
+            if info.type != pa.fs.FileType.File or not info.size:
+                return False
+    except OSError as e:
+        raise StoreUnreachable(f"cannot read {dest.version_uri}: {one_line(e)}") from e
+    return True
 
 
 def _process(items: list[dict], dest: Destination, cfg: PrepareConfig, settings: TrackSettings) -> dict[str, list]:

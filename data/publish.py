@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -86,6 +87,27 @@ def _read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
             return _parse(f.read())
     except FileNotFoundError:
         return {}
+
+
+_WRITING: set[str] = set()  # the versions the runs in this process are writing now
+ABANDONED_AFTER_S = 600.0  # a version another host's run has not added to for this long is taken up
+
+
+def _abandoned(fs: pafs.FileSystem, version: str, run: dict[str, Any]) -> bool:
+    """Whether the run that wrote ``version`` is over, so another may take it up: its process on this host is gone,
+    or (another host's) it has written nothing there for ``ABANDONED_AFTER_S``."""
+    if run.get("host") == socket.gethostname():
+        if run.get("pid") == os.getpid():  # this process: over unless a run in it still writes there
+            return version not in _WRITING
+        try:
+            os.kill(int(run.get("pid", 0)), 0)
+        except (ProcessLookupError, ValueError, OverflowError):
+            return True
+        except PermissionError:
+            return False
+        return int(run.get("pid", 0)) <= 0
+    newest = max((f.mtime.timestamp() for f in list_files(fs, version) if f.mtime is not None), default=0.0)
+    return time.time() - newest > ABANDONED_AFTER_S
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -154,6 +176,9 @@ class Destination:
             self.published = put_if_unchanged(where, manifest, self.options, self.seen_etag) is not None
             if not self.published:
                 now = _read_manifest(self.fs, self.root)
+                if now == manifest:  # our own PUT, whose answer was lost and whose retry found it done
+                    self.published = True
+                    return
                 raise self._changed(where, now)
         else:
             with _exclusive(self.fs, self.root):
@@ -175,6 +200,10 @@ class Destination:
         if self.published:
             return
         try:
+            if _parse(_read_manifest(self.fs, self.root) or b"{}").get("version_dir") == self.version:
+                return  # published after all (by this run, or by another that took its version up): never removed
+            with contextlib.suppress(FileNotFoundError):  # first: a removal cut off is never taken up half
+                self.fs.delete_file(join(self.root, self.version, RUN))
             self.fs.delete_dir(join(self.root, self.version))
         except FileNotFoundError:
             return
@@ -194,17 +223,25 @@ class Destination:
                 top = info.base_name
                 if info.type != pafs.FileType.Directory or not VERSION.fullmatch(top) or top in (self.version, current):
                     continue
-                if _read_json(self.fs, join(self.root, top, RUN)).get("key") != key:
+                run = _read_json(self.fs, join(self.root, top, RUN))
+                if run.get("key") != key or not _abandoned(self.fs, join(self.root, top), run):
                     continue
                 with contextlib.suppress(OSError):  # this run's own version holds nothing yet (its probe's folder)
                     self.fs.delete_dir(join(self.root, self.version))
                 self.version = top
+                _WRITING.add(join(self.root, top))
                 done = self.fs.get_file_info(pafs.FileSelector(join(self.root, top, DONE), allow_not_found=True))
                 return [_read_json(self.fs, f.path) for f in sorted(done, key=lambda f: f.path)]
-            write_bytes(self.fs, join(self.root, self.version, RUN), json.dumps({"key": key}).encode())
+            run = {"key": key, "host": socket.gethostname(), "pid": os.getpid()}
+            write_bytes(self.fs, join(self.root, self.version, RUN), json.dumps(run).encode())
+            _WRITING.add(join(self.root, self.version))
         except OSError as e:
             raise StoreError(f"cannot prepare the output store {self.uri}: {one_line(e)}") from e
         return []
+
+    def close(self) -> None:
+        """This run no longer writes its version (published, discarded or kept for a rerun)."""
+        _WRITING.discard(join(self.root, self.version))
 
     def tidy(self, shards: set[str]) -> None:
         """After the publish: remove from the published version what its manifest does not list (the run marker,

@@ -155,8 +155,10 @@ class Dataset:
         try:
             with fs.open_input_file(self.shard_path(root, shard)) as f:
                 data = f.read_buffer()
-        except OSError as e:
-            raise DatasetError(f"dataset {self.uri}: shard {shard['path']} is unreadable: {one_line(e)}") from e
+        except FileNotFoundError as e:
+            raise DatasetError(f"dataset {self.uri}: shard {shard['path']} is missing: {one_line(e)}") from e
+        except OSError as e:  # the store, not the data: a trial retries it
+            raise StoreError(f"dataset {self.uri}: cannot read shard {shard['path']}: {one_line(e)}") from e
         if "sha256" in shard:
             found = hashlib.sha256(data).hexdigest()
             if found != shard["sha256"]:

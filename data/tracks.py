@@ -23,6 +23,9 @@ from genre_sweep.store import read_bytes
 
 log = logging.getLogger(__name__)
 
+# The start of the reason a track is rejected for when its file could not be read (a rerun reads it again).
+UNREADABLE = "cannot read: "
+
 
 @dataclasses.dataclass
 class TrackResult:
@@ -45,9 +48,9 @@ def process_track(track: dict[str, Any], settings: TrackSettings) -> TrackResult
     try:
         data = read_bytes(track["source"], settings.store)
     except OSError as e:
-        return TrackResult(track, None, reject_reason=f"cannot read: {one_line(e)}")
+        return TrackResult(track, None, reject_reason=f"{UNREADABLE}{one_line(e)}")
     except Exception as e:  # a MemoryError, for a file larger than this task's memory: its rejection, not the run's end
-        return TrackResult(track, None, reject_reason=f"cannot read: {type(e).__name__}: {one_line(e)}")
+        return TrackResult(track, None, reject_reason=f"{UNREADABLE}{type(e).__name__}: {one_line(e)}")
     sha = hashlib.sha256(data).hexdigest()
     if track.get("sha256") and sha != track["sha256"]:
         why = f"changed while preparing: sha256 {sha[:12]}..., listed with {track['sha256'][:12]}..."

@@ -135,19 +135,23 @@ def prepare_cluster_config(config: dict[str, Any]) -> dict[str, Any]:
 # --- Ray Tune's run loop: the graceful stop its own Ctrl-C handler makes ------------------------------------
 
 
-def request_tune_stop() -> None:
+def request_tune_stop() -> bool:
     """Ask a running ``Tuner.fit`` (in this process's main thread) to stop as its Ctrl-C handler does: Tune saves
     its experiment state and stops the trials, keeping them resumable. Tune installs that handler for SIGUSR1 too
-    for the length of the run (``ray.tune.tune._setup_signal_catching``); this calls it."""
+    for the length of the run (``ray.tune.tune._setup_signal_catching``); this calls it. False when no Tune run
+    has installed it yet (``fit`` still setting up): nothing to stop gracefully."""
     import signal
 
     handler = signal.getsignal(signal.SIGUSR1)
+    if handler in (signal.SIG_DFL, signal.SIG_IGN, None):
+        return False
     if not callable(handler) or "_setup_signal_catching" not in getattr(handler, "__qualname__", ""):
         raise LibraryChanged(
             "Tune no longer installs its stop handler for SIGUSR1 during Tuner.fit "
             f"(found {handler!r}); genre_sweep/tune/internals.py needs updating for the installed Ray"
         )
     handler(signal.SIGUSR1, None)
+    return True
 
 
 # --- Ray Tune's trial actors: the driver's environment variables it copies into them ------------------------

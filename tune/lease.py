@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -91,6 +92,19 @@ def _refusal(name: str, holder: Holder | None) -> LeaseHeld:
     )
 
 
+def refuse_if_held(root: str, name: str, options: StoreOptions) -> None:
+    """``LeaseHeld`` if another driver holds the lease now; nothing otherwise (nor when the store cannot say).
+    Writes nothing where no lease is."""
+    uri = root.rstrip("/") + SUFFIX
+    try:
+        there = s3_etag(uri, options) is not None if is_s3(uri) else Path(uri.removeprefix("file://")).exists()
+    except OSError:
+        return
+    if there:
+        with contextlib.suppress(StoreError, OSError), holding(root, name, options):
+            pass
+
+
 @contextlib.contextmanager
 def holding(root: str, name: str, options: StoreOptions) -> Iterator[None]:
     """Hold the lease of the sweep at ``root`` for the time inside; ``LeaseHeld`` (one line) if another driver
@@ -151,8 +165,14 @@ def _s3_lease(uri: str, name: str, options: StoreOptions) -> Iterator[None]:
             except OSError as e:  # an outage: the next renewal tries again
                 log.warning("sweep %s: could not renew its lease %s (%s)", name, uri, one_line(e))
                 continue
-            if new is None:
-                log.error("sweep %s: its lease %s was taken over by another driver", name, uri)
+            if new is None:  # our own last write, whose answer was lost? else another driver took the lease over
+                with contextlib.suppress(OSError):
+                    now = Holder.parse(read_bytes(uri, options))
+                    if now is not None and (now.host, now.pid, now.started) == (me.host, me.pid, me.started):
+                        state["etag"] = s3_etag(uri, options) or state["etag"]
+                        continue
+                log.error("sweep %s: another driver took its lease %s over; stopping this one", name, uri)
+                os.kill(os.getpid(), signal.SIGTERM)  # the sweep stops as on SIGTERM, its state kept
                 return
             state["etag"] = new
 

@@ -32,7 +32,6 @@ from genre_sweep.tune.configs import PreflightConfig, RetrainConfig, SweepConfig
 from genre_sweep.tune.internals import prepare_cluster_config
 from genre_sweep.tune.record import (
     SweepRecord,
-    check_tune_state,
     has_record,
     make_record,
     new_sweep,
@@ -40,6 +39,7 @@ from genre_sweep.tune.record import (
     reconcile,
 )
 from genre_sweep.tune.space import load_space
+from genre_sweep.tune.state import check_tune_state
 from genre_sweep.tune.study import resumed_study_url, study_exists
 
 C = TypeVar("C", bound=RetrainConfig)

@@ -18,8 +18,9 @@ from typing import Any
 from ray import tune
 
 from genre_sweep.model.configs import score
-from genre_sweep.store import storage_full
+from genre_sweep.store import StoreOptions, storage_full
 from genre_sweep.tune import internals
+from genre_sweep.tune.state import COPY_EVERY_S, keep_whole_copies
 from genre_sweep.tune.trial import TRIAL_ERROR
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,12 @@ def _short(value: Any) -> str:
 
 
 class SweepProgress(tune.Callback):
-    def __init__(self, metric: str, mode: str, trials: int, default_epochs: int):
+    def __init__(
+        self, metric: str, mode: str, trials: int, default_epochs: int, root: str, options: StoreOptions
+    ) -> None:
         self.metric, self.mode, self.trials, self.default_epochs = metric, mode, trials, default_epochs
+        self.root, self.options = root, options  # the sweep's folder, whose Tune state gets a whole copy kept
+        self.copied = 0.0  # when it was last copied (monotonic)
         self.started = self.done = 0
         self.best: tuple[float, str] | None = None  # (best epoch's metric, trial id)
         self.start_times: dict[str, float] = {}  # when Tune's controller first had each trial (wall clock)
@@ -49,6 +54,9 @@ class SweepProgress(tune.Callback):
         now = time.time()
         for trial in trials:
             self.start_times.setdefault(trial.trial_id, now)
+        if time.monotonic() - self.copied >= COPY_EVERY_S:  # a whole copy of Tune's state, should a disk fill
+            keep_whole_copies(self.root, self.options)
+            self.copied = time.monotonic()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started += 1
@@ -110,18 +118,28 @@ class SweepProgress(tune.Callback):
         epoch = int((trial.last_result or {}).get("training_iteration", 0))
         log.debug("trial %s: checkpoint of epoch %d kept", trial.trial_id, epoch)
 
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def _storage_filled(self, trial: Any) -> bool:
+        """Whether ``trial`` failed for want of space (after its own retries rode out a short spell): then the
+        sweep is stopped as by Ctrl-C, its state kept, the trials resumable."""
         error = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else None
-        if storage_full(error) and not STORAGE_FULL.is_set():
-            log.error("trial %s could not write: the sweep's storage is full; stopping the sweep", trial.trial_id)
+        if not storage_full(error):
+            return False
+        if not STORAGE_FULL.is_set():
+            log.error("trial %s could not write: a disk is full (see its error); stopping the sweep", trial.trial_id)
             STORAGE_FULL.set()
-            internals.request_tune_stop()  # as Ctrl-C: the state is kept, the trials stay resumable
+            internals.request_tune_stop()
+        return True
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._storage_filled(trial):
             return
         epoch = int((trial.last_result or {}).get("training_iteration", 0))
         where = f"its checkpoint of epoch {epoch}" if trial.checkpoint is not None else "its start (no checkpoint yet)"
         log.warning("trial %s failed (failure %d); retrying it from %s", trial.trial_id, trial.num_failures, where)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._storage_filled(trial):
+            return
         log.warning(
             "trial %s failed %d times, --max-failures retries spent: see %s",
             trial.trial_id,

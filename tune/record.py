@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import pickletools
 from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
@@ -27,7 +26,6 @@ import sqlalchemy
 from genre_sweep import __version__
 from genre_sweep.config import ConfigError, new_defaults, recorded_fields, replace_typed, resolve
 from genre_sweep.data.shards import Dataset
-from genre_sweep.errors import one_line
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.data import dataset_fingerprint
 from genre_sweep.store import StoreError, filesystem, join, read_bytes, write_to
@@ -188,41 +186,3 @@ def reconcile(cfg: C, record: SweepRecord, dataset: Dataset, action: str) -> C:
             f"recorded {recorded_data[:12]} at {record.dataset['shards']}; prepared again since?)"
         )
     return dataclasses.replace(cfg, shards=cfg.shards or record.dataset["shards"], **taken)
-
-
-def check_tune_state(cfg: RetrainConfig, action: str) -> None:
-    """Tune's newest experiment state and searcher state in ``cfg.root`` are whole; a damaged one (a full disk, a
-    write cut off) is one line naming it, where Tune would silently start the experiment over."""
-    fs, root = filesystem(cfg.root, cfg.options)
-    try:
-        files = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    except OSError as e:
-        raise StoreError(f"cannot read the sweep's storage {cfg.root}: {e}") from e
-    for prefix, parse in (("experiment_state-", _experiment_state), ("searcher-state-", _whole_pickle)):
-        newest = max((f for f in files if f.base_name.startswith(prefix)), key=lambda f: f.base_name, default=None)
-        if newest is None:
-            continue
-        try:
-            with fs.open_input_stream(newest.path) as f:
-                parse(f.read())
-        except OSError as e:
-            raise StoreError(f"{action}: cannot read Tune's state {join(cfg.root, newest.base_name)}: {e}") from e
-        except Exception as e:  # noqa: BLE001 (JSON, pickle and shape errors alike: the file is not whole)
-            raise SweepError(
-                f"{action}: Tune's state {join(cfg.root, newest.base_name)} is damaged ({type(e).__name__}: "
-                f"{one_line(e)}); the sweep cannot resume from it (restore the file, or start a sweep of another name)"
-            ) from e
-
-
-def _whole_pickle(data: bytes) -> None:
-    """A pickle read to its end without running it (unpickling the searcher would reconnect to its study, and
-    create an empty one where a lost head's study is about to be restored)."""
-    ops = [op.name for op, _, _ in pickletools.genops(data)]
-    if not ops or ops[-1] != "STOP":
-        raise ValueError("the pickle ends before its STOP")
-
-
-def _experiment_state(data: bytes) -> None:
-    state = json.loads(data)
-    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
-        raise ValueError("no trial_data list")

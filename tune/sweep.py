@@ -145,7 +145,7 @@ def build_tuner(cfg: SweepConfig, record: SweepRecord, source: NodeData, at_once
             # the one named could be deleted one epoch later: a killed driver's trial then had none to resume from)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # a line per trial start and end with the best so far, instead of Tune's boxes (see tune/progress.py)
-            callbacks=[SweepProgress(cfg.metric, cfg.direction, cfg.trials, space.max_epochs())],
+            callbacks=[SweepProgress(cfg.metric, cfg.direction, cfg.trials, space.max_epochs(), cfg.root, cfg.options)],
             verbose=0,
         ),
     )
@@ -234,7 +234,11 @@ def resume_command(cfg: SweepConfig) -> str:
 
 
 def run(cfg: SweepConfig) -> int:
-    cfg, record = checked(cfg)
+    try:
+        cfg, record = checked(cfg)
+    except SweepError:  # a sweep another driver runs now is said as such, not as what its half-written state shows
+        lease.refuse_if_held(cfg.root, cfg.name, cfg.options)
+        raise
     try:
         with lease.holding(cfg.root, cfg.name, cfg.options):  # one driver per sweep
             results = run_checked(cfg, record)
@@ -246,8 +250,8 @@ def run(cfg: SweepConfig) -> int:
         if not (storage_full(e) or STORAGE_FULL.is_set()):  # or what followed from it (a file written half)
             raise
         raise SweepError(
-            f"the sweep's storage is full ({cfg.root}: {one_line(e)}); it stopped with its state kept: free space, "
-            f"then finish with `{resume_command(cfg)}`"
+            f"a disk the sweep writes to is full ({one_line(e)}): it stopped with its state kept; free space (its "
+            f"storage {cfg.root}, or a node's disk, as the error says), then finish with `{resume_command(cfg)}`"
         ) from e
     return failed_trials_exit(cfg, results)
 

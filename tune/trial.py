@@ -17,7 +17,7 @@ from genre_sweep.config import ConfigError, replace_typed
 from genre_sweep.data.manifest import DatasetError
 from genre_sweep.errors import one_line
 from genre_sweep.jobs import worker_logging
-from genre_sweep.model.checkpoint import STATE
+from genre_sweep.model.checkpoint import OPTIMIZER, STATE, TRAINABLE
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.store import with_retries
@@ -92,7 +92,11 @@ def resumable(checkpoint: Any, trial: str) -> Any:
     from ray import tune
 
     fs, named = checkpoint.filesystem, checkpoint.path
-    complete = lambda path: fs.get_file_info(posixpath.join(path, STATE)).type == FileType.File  # noqa: E731
+
+    def complete(path: str) -> bool:  # Ray uploads a checkpoint's files in no fixed order: all of them, not empty
+        infos = fs.get_file_info([posixpath.join(path, name) for name in (STATE, TRAINABLE, OPTIMIZER)])
+        return all(i.type == FileType.File and i.size for i in infos)
+
     if complete(named):
         return checkpoint
     folder, name = posixpath.split(named)

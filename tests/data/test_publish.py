@@ -272,7 +272,34 @@ def test_only_a_run_of_the_same_inputs_and_settings_takes_up_an_unpublished_vers
     assert first.resume_or_start("same") == []  # nothing to take up: its own version, marked
     record = {"covers": ["blues/a"], "shards": [], "rejected": [], "tracks": [], "nodes": []}
     write_to(f"{first.version_uri}/done/0123.json", json.dumps(record).encode())
+    running = open_destination(uri, options, False)  # its run (this process) still going: not taken up
+    assert running.resume_or_start("same") == [] and running.version != first.version
+    run = json.loads(read_bytes(f"{first.version_uri}/run.json"))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_to(f"{first.version_uri}/run.json", json.dumps({**run, "pid": int(ended.stdout)}).encode())  # run over
     other = open_destination(uri, options, False)
     assert other.resume_or_start("other settings") == [] and other.version != first.version
     same = open_destination(uri, options, False)
     assert same.resume_or_start("same") == [record] and same.version == first.version
+
+
+def test_a_prepare_that_fills_its_disk_is_one_line_leaves_no_version_and_completes_once_there_is_room(
+    ray_local, corpus, tmp_path, capsys
+):
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        out = disk / "ds"
+        command = ["--source", str(corpus), "--out", str(out), "--genres", ",".join(GENRES), "--effects", "echo"]
+        capsys.readouterr()
+        assert prepare_main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: cannot write") and "No space left on device" in err[-1], err
+        assert [p.name for p in out.iterdir()] == []  # its version folder removed: the space is free again
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # room
+        assert prepare_main(command) == 0
+        assert open_dataset(str(out)).read_split("train").num_rows > 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -217,10 +217,11 @@ def test_a_sweep_whose_storage_stays_full_stops_in_one_line_and_resumes_once_the
         capsys.readouterr()
         assert sweep_main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error: the sweep's storage is full"), err
+        assert len(err) == 1 and err[0].startswith("error: a disk the sweep writes to is full"), err
         assert err[0].endswith(f"--name {name} --resume`")
         subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)  # room again
-        assert sweep_main([*args, "--resume"]) == 0
+        code = sweep_main([*args, "--resume"])
+        assert code == 0, capsys.readouterr().err.strip().splitlines()[-3:]
         states = _states(name, f"sqlite:///{storage / name / 'optuna.db'}")
         assert len(states) >= 3 and "RUNNING" not in states, states
         assert sum(s in FINISHED for s in states) >= 3

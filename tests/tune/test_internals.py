@@ -73,10 +73,13 @@ def test_tunes_stop_handler_is_the_one_its_run_loop_installs_and_sets_its_stop_e
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
     try:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        assert internals.request_tune_stop() is False  # no run yet: nothing to stop gracefully
+        signal.signal(signal.SIGUSR1, lambda *_: None)
         with pytest.raises(internals.LibraryChanged, match="SIGUSR1"):
-            internals.request_tune_stop()  # outside a run: no Tune handler to call
+            internals.request_tune_stop()  # a handler that is not Tune's
         stop_event = tune_run._setup_signal_catching()  # what Tuner.fit does first
-        internals.request_tune_stop()
+        assert internals.request_tune_stop() is True
         assert stop_event.is_set()
     finally:
         for s, handler in before.items():

@@ -89,10 +89,13 @@ def test_other_data_or_another_space_is_refused(tmp_path):
     assert reconcile(cfg, record, same, "retrain").shards == "/data"
 
 
-def test_a_damaged_tune_state_is_one_line_naming_it_not_a_silent_restart(tmp_path):
+def test_a_damaged_tune_state_is_put_back_from_its_whole_copy_or_is_one_line_naming_it(tmp_path, caplog):
+    import logging
     import pickle
+    import shutil
 
-    from genre_sweep.tune.record import check_tune_state
+    from genre_sweep.store import StoreOptions
+    from genre_sweep.tune.state import check_tune_state, keep_whole_copies
 
     cfg = resolve(RetrainConfig, {"storage": str(tmp_path), "name": "s"})
     root = tmp_path / "s"
@@ -100,7 +103,15 @@ def test_a_damaged_tune_state_is_one_line_naming_it_not_a_silent_restart(tmp_pat
     (root / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [1, 2, 3]}')
     (root / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps({"searcher": 1}))
     check_tune_state(cfg, "--resume")  # whole
-    (root / "experiment_state-2026-01-02_00-00-00.json").write_text('{"trial_data": [1, 2')  # newest, cut off
+    (root / "experiment_state-2026-01-02_00-00-00.json").write_text('{"trial_data": [1, 2, 3, 4]}')
+    keep_whole_copies(str(root), StoreOptions())  # what a running sweep does every few seconds
+    (root / "experiment_state-2026-01-02_00-00-00.json").write_text('{"trial_data": [1, 2')  # then cut off
+    with caplog.at_level(logging.WARNING, logger="genre_sweep"):
+        check_tune_state(cfg, "--resume")
+    assert (root / "experiment_state-2026-01-02_00-00-00.json").read_text() == '{"trial_data": [1, 2, 3, 4]}'
+    assert "was cut off" in caplog.text and "its last whole copy is put back" in caplog.text
+    shutil.rmtree(root / ".state-copies")  # no copy: refused
+    (root / "experiment_state-2026-01-02_00-00-00.json").write_text('{"trial_data": [1, 2')
     with pytest.raises(SweepError, match=r"--resume: Tune's state .*experiment_state-2026-01-02_00-00-00.json is da"):
         check_tune_state(cfg, "--resume")
     (root / "experiment_state-2026-01-02_00-00-00.json").unlink()

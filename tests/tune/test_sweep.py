@@ -4,6 +4,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,11 +204,12 @@ def test_a_retrain_is_reproducible_from_its_seed(sweep_shards):
 
 
 @pytest.mark.slow
-def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_and_finishes_every_trial(
+def test_a_sweep_stopped_by_ctrl_c_or_sigterm_then_killed_resumes_and_finishes_every_trial(
     sweep_shards, quick_space, tmp_path, capsys
 ):
-    """Ctrl-C stops the sweep in one line (exit 130, no retrain, nothing failed); a second driver is refused while
-    one runs; a killed driver loses nothing; --resume finishes every trial, each told to the study once."""
+    """Ctrl-C and SIGTERM stop the sweep in one line (exit 130, 143; no retrain, nothing failed); a second driver is
+    refused while one runs; a killed driver loses nothing; --resume finishes every trial, each told to the study
+    once."""
     import signal
     import sqlite3
     import time
@@ -259,6 +261,13 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_and_finishes_every_trial(
     assert "FAIL" not in states()  # the running trial stays resumable, not failed
 
     driver, log = driver_until(2, "--resume")
+    driver.send_signal(signal.SIGTERM)  # as `ray job stop` or a scheduler stops it
+    assert driver.wait(timeout=120) == 143, log.read_text()[-4000:]
+    (said,) = [line for line in log.read_text().splitlines() if line.startswith("interrupted")]
+    assert said.startswith("interrupted (SIGTERM): finish with `genre-sweep sweep --storage ")
+    assert not (storage / name / "report").exists() and "FAIL" not in states()
+
+    driver, log = driver_until(3, "--resume")
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-trial
     driver.wait()
     rungs_before = json.loads((storage / f"{name}-asha-state.json").read_text())["rungs"]
@@ -291,6 +300,8 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_and_finishes_every_trial(
     assert "RUNNING" not in {t.state.name for t in study.trials}
     assert (storage / name / "report" / "summary.md").exists()
     newest = max((storage / name).glob("experiment_state-*.json"))
+    assert (storage / name / ".state-copies" / newest.name).exists()  # the sweep kept a whole copy ...
+    shutil.rmtree(storage / name / ".state-copies")  # ... without which a state cut off is refused
     newest.write_bytes(newest.read_bytes()[:100])  # cut off, as a full disk leaves it
     assert sweep_main([*args, "--resume"]) == 2 and f"{newest.name} is damaged" in capsys.readouterr().err
     rungs_after = json.loads((storage / f"{name}-asha-state.json").read_text())["rungs"]

@@ -5,7 +5,7 @@ import logging
 import pyarrow.fs as pafs
 from ray import tune
 
-from genre_sweep.model.checkpoint import STATE
+from genre_sweep.model.checkpoint import OPTIMIZER, STATE, TRAINABLE
 from genre_sweep.tune.trial import resumable
 
 
@@ -13,8 +13,10 @@ def _trial_folder(tmp_path, complete: list[int], partial: list[int]):
     for n in complete + partial:
         folder = tmp_path / f"checkpoint_{n:06d}"
         folder.mkdir()
+        (folder / STATE).write_text("{}")  # a partial one lacks its weights (Ray uploads in no fixed order)
         if n in complete:
-            (folder / STATE).write_text("{}")
+            (folder / TRAINABLE).write_bytes(b"weights")
+            (folder / OPTIMIZER).write_bytes(b"moments")
     return lambda n: tune.Checkpoint(str(tmp_path / f"checkpoint_{n:06d}"), filesystem=pafs.LocalFileSystem())
 
 
