@@ -103,7 +103,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.told_before(trial_id) or TRIAL_ERROR in result:
             return
-        super().on_trial_result(trial_id, result)
+        with warnings.catch_warnings():
+            # a trial resumed from a checkpoint older than its last report (a stopped or killed driver) runs those
+            # epochs again; the study keeps each epoch's first value, and Optuna's warning about it is expected
+            warnings.filterwarnings("ignore", message=r".*is already reported")
+            super().on_trial_result(trial_id, result)
         value = result.get(self.metric)
         if value is not None:
             self._note(trial_id, result)
