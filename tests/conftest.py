@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -229,3 +230,31 @@ def flac_declaring_2_tib() -> bytes:
 
 _OVERCOMMIT = Path("/proc/sys/vm/overcommit_memory")
 GRANTS_ANY_ALLOCATION = _OVERCOMMIT.exists() and _OVERCOMMIT.read_text().strip() == "1"  # vm.overcommit_memory=1
+
+
+class SmallDisk:
+    """A tmpfs of a given size mounted at ``path`` (root only): a disk that fills, and can be given room."""
+
+    def __init__(self, path: Path, size: str):
+        self.path = path
+        path.mkdir()
+        mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+        if subprocess.run(mount, capture_output=True).returncode:
+            pytest.skip("mounting a small tmpfs needs root")
+
+    def grow(self, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(size)``: a ``SmallDisk`` under ``tmp_path``, unmounted after the test."""
+    disks: list[SmallDisk] = []
+
+    def mount(size: str) -> SmallDisk:
+        disks.append(SmallDisk(tmp_path / f"small-disk-{len(disks)}", size))
+        return disks[-1]
+
+    yield mount
+    for disk in disks:
+        subprocess.run(["umount", "-l", str(disk.path)], check=False)

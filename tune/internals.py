@@ -37,6 +37,16 @@ def _attr(obj: Any, name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
+def _module(name: str) -> Any:
+    """The module ``name``, which must exist."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise LibraryChanged(f"{name} is gone ({e}); genre_sweep/tune/internals.py needs updating") from e
+
+
 # --- Ray Tune's OptunaSearch: its study and its Optuna trial per Tune trial ---------------------------------
 
 
@@ -164,12 +174,7 @@ def keep_credentials_out_of_trials() -> None:
     (``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``), which Ray's runtime-env agent writes to its log in
     plain text. Remove them: a trial's node uses its own credentials (instance profile, or the AWS chain of the
     environment Ray was started in)."""
-    try:
-        from ray.tune.execution import class_cache
-    except ImportError as e:
-        raise LibraryChanged(
-            f"ray.tune.execution.class_cache is gone ({e}); genre_sweep/tune/internals.py needs updating"
-        ) from e
+    class_cache = _module("ray.tune.execution.class_cache")
     propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
     if not isinstance(propagated, set):
         raise LibraryChanged(
@@ -188,12 +193,7 @@ def tolerate_deleted_checkpoints() -> None:
     raises ``FileNotFoundError`` inside Tune's checkpoint handling (a logged traceback, and that checkpoint's
     bookkeeping cut short). Make deleting a checkpoint that is gone a no-op
     (``ray.train._internal.checkpoint_manager._delete_fs_path``)."""
-    try:
-        from ray.train._internal import checkpoint_manager
-    except ImportError as e:
-        raise LibraryChanged(
-            f"ray.train._internal.checkpoint_manager is gone ({e}); internals.py needs updating"
-        ) from e
+    checkpoint_manager = _module("ray.train._internal.checkpoint_manager")
     delete = getattr(checkpoint_manager, "_delete_fs_path", None)
     if not callable(delete):
         raise LibraryChanged(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import pickletools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pyarrow.fs as pafs
 
@@ -53,6 +53,15 @@ def _newest(files: list[pafs.FileInfo], prefix: str) -> pafs.FileInfo | None:
     return max((f for f in files if f.base_name.startswith(prefix)), key=lambda f: f.base_name, default=None)
 
 
+def _current(fs: pafs.FileSystem, root: str) -> Iterator[tuple[pafs.FileInfo, Callable[[bytes], None]]]:
+    """Each of Tune's state files ``root`` holds, the newest of its kind, with its check."""
+    files = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    for prefix, parse in STATE_FILES:
+        newest = _newest(files, prefix)
+        if newest is not None:
+            yield newest, parse
+
+
 def _whole(fs: pafs.FileSystem, path: str, parse: Callable[[bytes], None]) -> bytes | Exception:
     """The file's bytes when it is whole, else why not (raises OSError when it cannot be read)."""
     with fs.open_input_stream(path) as f:
@@ -69,11 +78,7 @@ def keep_whole_copies(root: str, options: StoreOptions) -> None:
     a file caught mid-rewrite, or a store that fails, is skipped until the next call."""
     try:
         fs, path = filesystem(root, options)
-        files = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        for prefix, parse in STATE_FILES:
-            newest = _newest(files, prefix)
-            if newest is None:
-                continue
+        for newest, parse in _current(fs, path):
             data = _whole(fs, newest.path, parse)
             if isinstance(data, bytes):
                 write_bytes(fs, join(path, COPIES, newest.base_name), data)
@@ -87,11 +92,7 @@ def check_tune_state(cfg: RetrainConfig, action: str) -> None:
     the experiment over."""
     fs, root = filesystem(cfg.root, cfg.options)
     try:
-        files = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        for prefix, parse in STATE_FILES:
-            newest = _newest(files, prefix)
-            if newest is None:
-                continue
+        for newest, parse in _current(fs, root):
             damaged = _whole(fs, newest.path, parse)
             if isinstance(damaged, bytes):
                 continue

@@ -284,22 +284,16 @@ def test_only_a_run_of_the_same_inputs_and_settings_takes_up_an_unpublished_vers
 
 
 def test_a_prepare_that_fills_its_disk_is_one_line_leaves_no_version_and_completes_once_there_is_room(
-    ray_local, corpus, tmp_path, capsys
+    ray_local, corpus, small_disk, capsys
 ):
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    try:
-        out = disk / "ds"
-        command = ["--source", str(corpus), "--out", str(out), "--genres", ",".join(GENRES), "--effects", "echo"]
-        capsys.readouterr()
-        assert prepare_main(command) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert err[-1].startswith("error: cannot write") and "No space left on device" in err[-1], err
-        assert [p.name for p in out.iterdir()] == []  # its version folder removed: the space is free again
-        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # room
-        assert prepare_main(command) == 0
-        assert open_dataset(str(out)).read_split("train").num_rows > 0
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    disk = small_disk("256k")
+    out = disk.path / "ds"
+    command = ["--source", str(corpus), "--out", str(out), "--genres", ",".join(GENRES), "--effects", "echo"]
+    capsys.readouterr()
+    assert prepare_main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: cannot write") and "No space left on device" in err[-1], err
+    assert [p.name for p in out.iterdir()] == []  # its version folder removed: the space is free again
+    disk.grow("64m")  # room
+    assert prepare_main(command) == 0
+    assert open_dataset(str(out)).read_split("train").num_rows > 0

@@ -203,30 +203,22 @@ def test_a_bad_sweep_input_is_one_line_in_seconds_and_writes_nothing(
 
 @pytest.mark.slow
 def test_a_sweep_whose_storage_stays_full_stops_in_one_line_and_resumes_once_there_is_room(
-    sweep_shards, quick_space, tmp_path, capsys
+    sweep_shards, quick_space, small_disk, capsys
 ):
-    import subprocess
-
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    try:
-        storage, name = disk / "sweeps", "full"
-        args = sweep_args(sweep_shards, storage, name, quick_space, 3, "--max-concurrent-trials", "1", "--no-retrain")
-        capsys.readouterr()
-        assert sweep_main(args) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error: a disk the sweep writes to is full"), err
-        assert err[0].endswith(f"--name {name} --resume`")
-        subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)  # room again
-        code = sweep_main([*args, "--resume"])
-        assert code == 0, capsys.readouterr().err.strip().splitlines()[-3:]
-        states = _states(name, f"sqlite:///{storage / name / 'optuna.db'}")
-        assert len(states) >= 3 and "RUNNING" not in states, states
-        assert sum(s in FINISHED for s in states) >= 3
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    disk = small_disk("400k")
+    storage, name = disk.path / "sweeps", "full"
+    args = sweep_args(sweep_shards, storage, name, quick_space, 3, "--max-concurrent-trials", "1", "--no-retrain")
+    capsys.readouterr()
+    assert sweep_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: a disk the sweep writes to is full"), err
+    assert err[0].endswith(f"--name {name} --resume`")
+    disk.grow("256m")  # room again
+    code = sweep_main([*args, "--resume"])
+    assert code == 0, capsys.readouterr().err.strip().splitlines()[-3:]
+    states = _states(name, f"sqlite:///{storage / name / 'optuna.db'}")
+    assert len(states) >= 3 and "RUNNING" not in states, states
+    assert sum(s in FINISHED for s in states) >= 3
 
 
 def test_a_cut_off_shard_stops_a_sweep_in_one_line_before_any_trial(sweep_shards, quick_space, tmp_path, capsys):
