@@ -178,7 +178,8 @@ def main() -> None:
     project(rows[-1][4] / rows[-1][5])
 
 
-# (windows in the store, windows cached by trials: train + val), from method.md's splits and augmentation
+# (windows in the store, windows cached by trials: train + val), from the method's splits and augmentation
+# (docs/method.md)
 CORPORA = {
     # 800 training tracks x 3 windows x (1 + 6 augmented copies), 100 + 100 val/test tracks x 3 windows
     "GTZAN": (800 * 3 * 7 + 200 * 3, 800 * 3 * 7 + 100 * 3),

@@ -338,7 +338,7 @@ def main() -> None:
     p.add_argument("--min-layer", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--sweep-trials", type=int, default=0, help="also run a real sweep of N trials (0: no)")
-    p.add_argument("--sweep-space", default=None, help="search space YAML of that sweep (default: method.md's)")
+    p.add_argument("--sweep-space", default=None, help="search space YAML of that sweep (default: docs/method.md's)")
     p.add_argument("--sweep-clips", type=int, default=20, help="generated clips per genre for that sweep")
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
     p.add_argument("--cpus-per-trial", type=float, default=1.0)

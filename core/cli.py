@@ -7,6 +7,7 @@ Parsing a job's flags imports only its config module (no torch, Ray or transform
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import inspect
 import logging
@@ -133,7 +134,10 @@ def job_main(name: str) -> Callable[[list[str] | None], int]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # no job: the usage, as an error (a script that forgot its job should not pass)
+        print(usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):
@@ -141,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     job, rest = argv[0], argv[1:]
     if job not in JOBS:
+        close = difflib.get_close_matches(job.lstrip("-"), list(JOBS), n=3)
+        guess = f"did you mean {' or '.join(close)}? " if close else ""
         print(
-            f"genre-sweep: error: unknown job {job!r}; jobs: {', '.join(JOBS)} (see genre-sweep --help)",
+            f"genre-sweep: error: unknown job {job!r}; {guess}jobs: {', '.join(JOBS)} (see genre-sweep --help)",
             file=sys.stderr,
         )
         return 2

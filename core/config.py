@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -111,11 +112,41 @@ def _scalar(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} is not a valid {getattr(tp, '__name__', tp)}") from e
 
 
+def did_you_mean(typed: str, known: list[str]) -> list[str]:
+    """The closest of ``known`` to ``typed`` (at most 3, best first; none when nothing is close). Words are compared
+    without their leading dashes, underscores read as dashes (``--learning_rat`` is near ``--learning-rate``)."""
+    plain = {k.lstrip("-"): k for k in known}
+    word = typed.partition("=")[0].lstrip("-").replace("_", "-")
+    return [plain[m] for m in difflib.get_close_matches(word, list(plain), n=3)]
+
+
+def unknown_flags_message(extras: list[str], known: list[str]) -> str:
+    """argparse's "unrecognized arguments: ..." with the closest known flag(s) of each unknown one."""
+    hints = {typo: did_you_mean(typo, known) for typo in extras if typo.startswith("--")}
+    hints = {typo: close for typo, close in hints.items() if close}
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    if len(hints) == 1:
+        (close,) = hints.values()
+        return f"{message}; did you mean {' or '.join(close)}?"
+    if hints:
+        return f"{message}; did you mean " + ", ".join(f"{' or '.join(c)} for {t}" for t, c in hints.items()) + "?"
+    return message
+
+
 class _Parser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line (no usage block), exit code 2."""
+    """An argparse parser whose errors are one line (no usage block), exit code 2; an unknown flag is answered
+    with the closest of ``flags`` (the flags ``--help`` lists)."""
+
+    flags: list[str]
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(unknown_flags_message(extras, self.flags))
+        return parsed
 
 
 def _fields_in_help_order(cls: type) -> list[dataclasses.Field]:
@@ -140,6 +171,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML (a valid --config) and exit"
     )
+    parser.flags = ["--help", "--config", "--print-config"]
     hints = typing.get_type_hints(cls)
     for f in _fields_in_help_order(cls):
         dashed, underscored = flag(f.name), "--" + f.name
@@ -153,6 +185,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         elif f.default is not None:
             shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
             text += f" (default: {shown})"
+        parser.flags += [dashed, "--no-" + dashed[2:]] if tp is bool else [dashed]
         if tp is bool:
             parser.add_argument(
                 dashed, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text

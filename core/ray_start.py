@@ -25,8 +25,10 @@ class RayConnectError(GenreSweepError, ConnectionError):
     """The Ray cluster named by --ray-address can't be joined; the message says what to set."""
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None) -> str | None:
     """Connect to ``address``; without one, start a fresh local Ray, or join the job's cluster inside a Ray job.
+    Returns the Ray dashboard's URL (http://host:port), or None when the cluster has none or Ray was already
+    started in this process.
 
     Never an implicit "whatever ran last on this machine": a stale pointer to a stopped cluster makes
     plain ``ray.init()`` hang or join the wrong cluster. A cluster started with `ray start` uses token
@@ -35,11 +37,11 @@ def init_ray(address: str | None) -> None:
     import ray  # here, not at the top: `genre-sweep <job> --help` must not pay for importing Ray
 
     if ray.is_initialized():
-        return
+        return None
     if address is None and not os.environ.get("RAY_ADDRESS"):
         address = "local"
     try:
-        ray.init(address=address, log_to_driver=True)
+        context = ray.init(address=address, log_to_driver=True)
         install()  # ray.init made SIGTERM exit with code 15: a job stops in one line with 143 instead
     except (ConnectionError, RuntimeError) as e:
         if not _refused_token(e):
@@ -48,6 +50,8 @@ def init_ray(address: str | None) -> None:
         raise RayConnectError(
             f"--ray-address {address}: the cluster refused this client's token (RAY_AUTH_MODE is {mode}): {TOKEN_HELP}"
         ) from e
+    url = context.dashboard_url  # host:port, without its scheme
+    return None if not url else url if "://" in url else f"http://{url}"
 
 
 def resource_offered(name: str) -> bool:

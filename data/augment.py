@@ -1,4 +1,4 @@
-"""The six offline augmentations of method.md, as pure functions of (waveform, parameters, generator).
+"""The six offline augmentations of the method (docs/method.md), as pure functions of (waveform, parameters, generator).
 
 Tempo changes use pedalboard's Rubber Band time stretcher (pitch kept); the 2-pole filters are
 torchaudio's biquads (FFmpeg's ``highpass``/``lowpass`` default, Butterworth Q); the 1-pole low-pass of
@@ -20,12 +20,13 @@ import torchaudio.functional as AF
 
 from genre_sweep.data.configs import EFFECTS
 
-# The bundle's echo gains are not in method.md; these are FFmpeg's documented example (aecho=0.8:0.88).
+# The bundle's echo gains are not in the method (docs/method.md); these are FFmpeg's documented example
+# (aecho=0.8:0.88).
 BUNDLE_ECHO = {"in_gain": 0.8, "out_gain": 0.88, "delays_ms": [200, 400], "decays": [0.3, 0.3]}
 
 
 def draw_params(effect: str, rng: np.random.Generator) -> dict[str, Any]:
-    """Parameters for ``effect``, drawn from method.md's ranges with ``rng``."""
+    """Parameters for ``effect``, drawn from the method's ranges (docs/method.md) with ``rng``."""
     if effect == "fast_tempo":
         return {"tempo": float(rng.choice([1.6, 1.7, 1.8, 1.9]))}
     if effect == "slow_tempo":

@@ -13,7 +13,7 @@ from genre_sweep.store import StoreFlags, StoreOptions
 
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
 SPLITS = ("train", "val", "test")
-# One augmented copy per effect and training track (method.md's table); data.augment implements them.
+# One augmented copy per effect and training track (the method's table, docs/method.md); data.augment implements them.
 EFFECTS = ("fast_tempo", "slow_tempo", "highpass", "lowpass", "echo", "bundle")
 AUDIO_FORMATS = ("wav", "au", "flac", "ogg", "mp3")
 

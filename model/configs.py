@@ -8,7 +8,7 @@ import math
 from genre_sweep.config import check, field
 from genre_sweep.store import StoreFlags
 
-# The checkpoint real runs fine-tune (method.md). Without --pretrained, train and sweep fine-tune ``small``, the
+# The checkpoint real runs fine-tune (docs/method.md). Without --pretrained, train and sweep fine-tune ``small``, the
 # embedded default shipped in the package (model/pretrain.py made it); unit tests use the random ``tiny``.
 HUB_DEFAULT = "MIT/ast-finetuned-audioset-10-10-0.4593"
 PRETRAINED_HELP = (
@@ -51,8 +51,8 @@ class AdapterSettings:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(StoreFlags):
     """Train one DoRA-AST configuration on prepared shards and write its run folder: config.json, metrics.jsonl,
-    checkpoints/, best/ and model/ (the exported best epoch). The hyperparameter names are method.md's, and
-    its best trial is the default."""
+    checkpoints/, best/ and model/ (the exported best epoch). The hyperparameter names are the method's
+    (docs/method.md), and its best trial is the default."""
 
     shards: str = field(help="prepared dataset (folder or s3://)")
     out: str = field(help="run folder: config, metrics, checkpoints, best model")
@@ -135,13 +135,13 @@ class EvaluateConfig(StoreFlags):
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig(StoreFlags):
-    """Predict each song's genre with an exported model: K seeded windows per song, a majority vote, and the
-    mean probability of the winning genre as confidence. Writes a table, predictions.csv and .json."""
+    """Predict each song's genre with an exported model: K windows evenly spaced over each song, a majority vote,
+    and the mean probability of the winning genre as confidence (the exported folder's Hugging Face pipeline
+    votes the same way). Writes a table, predictions.csv and .json; exits 1 when no song could be predicted."""
 
     inputs: str = field(help="an audio file, a folder, or an s3:// prefix (also positional)")
     model: str = field(help="exported model folder")
-    windows: int = field(20, "windows per song (K)")
-    seed: int = field(0, "seed of the window positions")
+    windows: int = field(20, "windows per song (K), evenly spaced from its start to its end")
     out: str = field("predictions.csv", "CSV to write (a .json beside it)")
     batch_size: int = field(32, "windows per forward pass")
     device: str = field("auto", DEVICE_HELP)
@@ -169,7 +169,7 @@ class PretrainConfig:
     learning_rate: float = field(1e-3, "peak AdamW learning rate (linear warmup, then linear decay)")
     weight_decay: float = field(0.01, "AdamW weight decay")
     hidden_size: int = field(64, "transformer width")
-    layers: int = field(12, "encoder layers (12, like AST-base, so method.md's adapter layers 10-11 apply)")
+    layers: int = field(12, "encoder layers (12, like AST-base, so the method's adapter layers 10-11 apply)")
     heads: int = field(4, "attention heads")
     intermediate_size: int = field(256, "FFN width")
     stride: int = field(16, "patch stride in frequency and time (16: patches do not overlap)")

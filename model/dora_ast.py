@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 # Named configs that are built, randomly initialised, without any download.
 NAMED_CONFIGS: dict[str, dict] = {
-    # 12 layers like AST-base (so method.md's layer ranges apply), but narrow: tests, demo, CPU benches.
+    # 12 layers like AST-base (so the method's layer ranges apply, docs/method.md), but narrow: tests, demo,
+    # CPU benches.
     "tiny": {"hidden_size": 32, "num_hidden_layers": 12, "num_attention_heads": 2, "intermediate_size": 64},
     # AST-base's shape with random weights: GPU benchmarks without a download.
     "base-random": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from genre_sweep.cli import job_main
 from genre_sweep.model.configs import EvaluateConfig
@@ -27,60 +27,60 @@ from genre_sweep.model.train import clip_logits, predict_logits, validation_metr
 log = logging.getLogger(__name__)
 
 
-def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """(n, n) counts: rows are true genres, columns predicted."""
-    return np.bincount(true * n + pred, minlength=n * n).reshape(n, n)
-
-
-def per_class(matrix: np.ndarray, genres: list[str]) -> dict[str, dict[str, float]]:
-    tp = np.diag(matrix).astype(float)
-    precision = np.divide(tp, matrix.sum(0), out=np.zeros_like(tp), where=matrix.sum(0) > 0)
-    recall = np.divide(tp, matrix.sum(1), out=np.zeros_like(tp), where=matrix.sum(1) > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+def per_genre_scores(true: np.ndarray, pred: np.ndarray, genres: list[str]) -> dict[str, dict[str, float]]:
+    """Each genre's precision, recall, F1 and support (true clips) of predictions ``pred`` of labels ``true``
+    (scikit-learn; a genre never predicted, or never present, scores 0 there)."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true, pred, labels=list(range(len(genres))), zero_division=0
+    )
     return {
         g: {
             "precision": float(precision[i]),
             "recall": float(recall[i]),
             "f1": float(f1[i]),
-            "support": int(matrix[i].sum()),
+            "support": int(support[i]),
         }
         for i, g in enumerate(genres)
     }
 
 
-def plot_confusion(matrix: np.ndarray, genres: list[str], title: str, path: Path) -> None:
+def plot_confusion(matrix: np.ndarray, genres: list[str], title: str, path: Path, values_format: str = "d") -> None:
+    """The confusion matrix (rows true genres, columns predicted) as a PNG: counts, or with ``values_format``
+    ``".2f"`` a matrix normalised by true genre (scikit-learn's ``ConfusionMatrixDisplay``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(genres), 0.8 + 0.6 * len(genres)))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(genres)), genres, rotation=45, ha="right")
-    ax.set_yticks(range(len(genres)), genres)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.6 * len(genres)), max(4.0, 1.0 + 0.6 * len(genres))))
+    display = ConfusionMatrixDisplay(matrix, display_labels=genres)
+    display.plot(ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45, values_format=values_format)
+    if values_format != "d":
+        display.im_.set_clim(0.0, 1.0)  # a share of the true genre's clips: the same scale in every report
+    for text in display.text_.ravel():
+        text.set_fontsize(8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in range(len(genres)):
-        for j in range(len(genres)):
-            color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
 def evaluate_split(
     model: torch.nn.Module, split: SplitArrays, genres: list[str], batch_size: int, device: torch.device
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on ``split``, with the clip-level confusion matrix."""
+    """Metrics of ``model`` on ``split``, with the clip-level confusion matrix (counts) and each clip's true and
+    predicted genre (``clip_true``, ``clip_pred``: indices into ``genres``)."""
     logits = predict_logits(model, split, batch_size, device)
     metrics = validation_metrics(logits, split, prefix="eval")
     clip_labels = np.zeros(len(split.clip_names), np.int64)
     clip_labels[split.clips] = split.labels
     pred = clip_logits(logits, split.clips).argmax(1).numpy()
-    matrix = confusion(clip_labels, pred, len(genres))
-    macro_f1 = f1_score(clip_labels, pred, labels=list(range(len(genres))), average="macro", zero_division=0)
+    labels = list(range(len(genres)))
+    matrix = confusion_matrix(clip_labels, pred, labels=labels)
+    macro_f1 = f1_score(clip_labels, pred, labels=labels, average="macro", zero_division=0)
     return {
         "window_acc": metrics["eval_window_acc"],
         "clip_acc": metrics["eval_clip_acc"],
@@ -88,9 +88,11 @@ def evaluate_split(
         "loss": metrics["eval_loss"],
         "windows": len(split),
         "clips": len(split.clip_names),
-        "per_genre": per_class(matrix, genres),
+        "per_genre": per_genre_scores(clip_labels, pred, genres),
         "confusion": matrix.tolist(),
         "genres": genres,
+        "clip_true": clip_labels.tolist(),
+        "clip_pred": pred.tolist(),
     }
 
 
@@ -106,7 +108,8 @@ def run(cfg: EvaluateConfig) -> None:
     result = evaluate_split(model, data.split(cfg.split), info["genres"], cfg.batch_size, device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
+    summary = {k: v for k, v in result.items() if k not in ("confusion", "clip_true", "clip_pred")}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "confusion.json").write_text(json.dumps({"genres": result["genres"], "matrix": result["confusion"]}))
     plot_confusion(
         np.array(result["confusion"]),

@@ -3,10 +3,11 @@
 This file is copied, as it is, into every exported model folder, and ``config.json``'s ``auto_map`` names
 it, so that ``AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True)`` and
 ``pipeline("audio-classification", model=folder, trust_remote_code=True)`` load our trained classifier
-offline without genre-sweep installed. It must import nothing but torch and transformers. Inside
-genre-sweep, ``genre_sweep.model.export`` registers the two classes, so there the flag is not needed, and
-``GenreClassifier`` builds its head and pooling with ``mlp_head`` and ``pooled`` from here, so the two
-models are one definition.
+offline without genre-sweep installed. It must import nothing but torch and transformers. Importing it
+registers the two classes with transformers' Auto classes (so once ``AutoConfig.from_pretrained(folder,
+trust_remote_code=True)`` has read it, ``AutoModelForAudioClassification.from_pretrained(base, config=config)``
+builds our classifier over a base checkpoint, as peft's adapter needs), and ``GenreClassifier`` builds its head
+and pooling with ``mlp_head`` and ``pooled`` from here, so the two models are one definition.
 
 The head reads the mean of the CLS and distillation tokens after the final LayerNorm, like
 ``ASTForAudioClassification``, through a LayerNorm and an MLP (Dropout, Linear, GELU, Dropout,
@@ -18,12 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ASTConfig, ASTModel, ASTPreTrainedModel
+from transformers import ASTConfig, ASTModel, ASTPreTrainedModel, AutoConfig, AutoModelForAudioClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 
 def mlp_head(hidden_size: int, hidden: int, n_classes: int) -> nn.Sequential:
-    """genre-sweep's classifier MLP (method.md): Dropout, Linear, GELU, Dropout, Linear."""
+    """genre-sweep's classifier MLP: Dropout, Linear, GELU, Dropout, Linear."""
     return nn.Sequential(
         nn.Dropout(0.05),
         nn.Linear(hidden_size, hidden),
@@ -41,9 +42,10 @@ def pooled(last_hidden: torch.Tensor) -> torch.Tensor:
 class GenreSweepASTConfig(ASTConfig):
     model_type = "genre-sweep-ast"
 
-    def __init__(self, classifier_hidden_layer_size: int = 200, **kwargs):
+    def __init__(self, classifier_hidden_layer_size: int = 200, song_windows: int = 20, **kwargs):
         super().__init__(**kwargs)
         self.classifier_hidden_layer_size = classifier_hidden_layer_size
+        self.song_windows = song_windows  # windows per song the folder's pipeline votes over
 
 
 class GenreSweepASTForAudioClassification(ASTPreTrainedModel):
@@ -64,3 +66,7 @@ class GenreSweepASTForAudioClassification(ASTPreTrainedModel):
         logits = self.head(self.head_norm(pooled(h)))
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+AutoConfig.register(GenreSweepASTConfig.model_type, GenreSweepASTConfig, exist_ok=True)
+AutoModelForAudioClassification.register(GenreSweepASTConfig, GenreSweepASTForAudioClassification, exist_ok=True)

@@ -1,9 +1,11 @@
 """``genre-sweep predict``: song-level genres from an exported model.
 
-K windows per song (seeded random starts over the whole song), argmax per window, majority vote;
-confidence = mean probability of the winning genre over the windows that voted for it. The model is
-in eval mode; songs shorter than a window are padded; unreadable files are reported and skipped.
-Many songs go through Ray Data in batches, one model per actor.
+K windows per song, evenly spaced from its start to its end, argmax per window, majority vote (a tie goes to
+the higher mean probability); confidence = mean probability of the winning genre over the windows that voted
+for it. The windows and the vote are the exported folder's pipeline's (``model.hf_pipeline``), so
+``pipeline("audio-classification", model=folder, trust_remote_code=True)`` names the same genre. The model is
+in eval mode; songs shorter than a window are padded; unreadable files are reported and skipped. Many songs go
+through Ray Data in batches, one model per actor.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from genre_sweep.errors import one_line
 from genre_sweep.model.configs import PredictConfig
 from genre_sweep.model.device import autocast, resolve_device
 from genre_sweep.model.export import load_exported
+from genre_sweep.model.hf_pipeline import song_starts, vote
 from genre_sweep.ray_start import init_ray
-from genre_sweep.seeds import stable_seed
 from genre_sweep.store import StoreError, StoreOptions, filesystem, is_s3, list_files, read_bytes
 
 log = logging.getLogger(__name__)
@@ -61,29 +63,19 @@ def skipped_row(source: str, reason: str) -> dict[str, Any]:
     return {"source": source, "genre": None, "confidence": None, "votes": None, "windows": 0, "error": reason}
 
 
-def song_windows(data: bytes, frames: int, mel_bins: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """(K', frames, mel) normalised windows at seeded random starts; one padded window if the song is short."""
+def song_windows(data: bytes, frames: int, mel_bins: int, k: int) -> np.ndarray:
+    """(K', frames, mel) normalised windows evenly spaced over the song; one padded window if the song is short."""
     fb = fbank(load_clip(data, SAMPLE_RATE, MIN_SECONDS).wave, mel_bins)
-    starts = [0] if fb.shape[0] <= frames else sorted(rng.integers(0, fb.shape[0] - frames + 1, size=k).tolist())
-    return windows(fb, frames, starts)[0]
-
-
-def vote(probs: np.ndarray) -> tuple[int, float, int]:
-    """(winning genre, its mean probability over the windows that voted for it, their count)."""
-    preds = probs.argmax(1)
-    counts = np.bincount(preds, minlength=probs.shape[1])
-    tied = np.flatnonzero(counts == counts.max())
-    winner = int(tied[np.argmax(probs[:, tied].mean(0))])  # a tie goes to the higher mean probability
-    return winner, float(probs[preds == winner, winner].mean()), int(counts[winner])
+    return windows(fb, frames, song_starts(fb.shape[0], frames, k))[0]
 
 
 class SongPredictor:
     """Loads the exported model once; predicts lists of songs (also a Ray Data actor: ``__call__``)."""
 
-    def __init__(self, model_dir: str, k: int, seed: int, batch_size: int, device: str, options: StoreOptions):
+    def __init__(self, model_dir: str, k: int, batch_size: int, device: str, options: StoreOptions):
         self.device = resolve_device(device)
         self.model, self.info = load_exported(model_dir, self.device)
-        self.k, self.seed, self.batch_size, self.options = k, seed, batch_size, options
+        self.k, self.batch_size, self.options = k, batch_size, options
 
     def predict(self, sources: list[str]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any] | None] = [None] * len(sources)
@@ -91,8 +83,7 @@ class SongPredictor:
         f = self.info["features"]
         for i, source in enumerate(sources):
             try:
-                rng = np.random.default_rng(stable_seed(self.seed, "predict", source))
-                w = song_windows(read_bytes(source, self.options), f["frames"], f["mel_bins"], self.k, rng)
+                w = song_windows(read_bytes(source, self.options), f["frames"], f["mel_bins"], self.k)
             except (OSError, AudioError, MemoryError) as e:  # one song's failure is that song's row
                 rows[i] = skipped_row(source, f"unreadable: {one_line(e)}")
                 continue
@@ -138,7 +129,6 @@ def predict_with_ray(songs: list[str], cfg: PredictConfig, options: StoreOptions
         fn_constructor_kwargs={
             "model_dir": str(Path(cfg.model).resolve()),
             "k": cfg.windows,
-            "seed": cfg.seed,
             "batch_size": cfg.batch_size,
             "device": cfg.device,
             "options": options,
@@ -175,20 +165,33 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: PredictConfig) -> None:
+def run(cfg: PredictConfig) -> int:
+    """Exit code 0 when at least one song was predicted; 1, with the reason on stderr, when none was."""
     songs, skipped = list_songs(cfg.inputs, cfg.options)
-    if len(songs) >= cfg.ray_threshold:
+    if not songs:
+        rows: list[dict[str, Any]] = []
+    elif len(songs) >= cfg.ray_threshold:
         rows = predict_with_ray(songs, cfg, cfg.options)
     else:
-        rows = SongPredictor(cfg.model, cfg.windows, cfg.seed, cfg.batch_size, cfg.device, cfg.options).predict(songs)
+        rows = SongPredictor(cfg.model, cfg.windows, cfg.batch_size, cfg.device, cfg.options).predict(songs)
     rows = sorted(rows + skipped, key=lambda r: r["source"])
     write_results(rows, Path(cfg.out))
-    print(table(rows))
     done = sum(r["error"] is None for r in rows)
-    print(
-        f"{done} songs predicted, {len(rows) - done} skipped; written: {cfg.out} and "
-        f"{Path(cfg.out).with_suffix('.json')}"
-    )
+    if rows:
+        print(table(rows))
+        print(
+            f"{done} songs predicted, {len(rows) - done} skipped; written: {cfg.out} and "
+            f"{Path(cfg.out).with_suffix('.json')}"
+        )
+    if done == 0:
+        why = (
+            f"no audio file in {cfg.inputs} (extensions: {', '.join(AUDIO_EXTENSIONS)})"
+            if not songs
+            else f"none of the {len(songs)} audio files in {cfg.inputs} could be read (reasons in {cfg.out})"
+        )
+        print(f"error: nothing predicted: {why}", file=sys.stderr)
+        return 1
+    return 0
 
 
 main = job_main("predict")

@@ -3,8 +3,8 @@
 Real runs fine-tune ``MIT/ast-finetuned-audioset-10-10-0.4593``, which cannot be downloaded here. The embedded
 default (``make demo``, ``train`` and ``sweep`` without ``--pretrained``) needs a backbone that has learnt
 something about sound, or its frozen features are noise and only chance is left to fine-tune. This script makes
-one, reproducibly from its seed, on a CPU, in minutes: an AST 12 layers deep (so method.md's adapter layers
-10-11 apply) but 64 wide, with non-overlapping 16 x 16 patches, trained to recognise five attributes of
+one, reproducibly from its seed, on a CPU, in minutes: an AST 12 layers deep (so the method's adapter layers
+10-11 apply, docs/method.md) but 64 wide, with non-overlapping 16 x 16 patches, trained to recognise five attributes of
 generated sounds:
 
 - ``family``: the instrument (soft and dark, bright, plucked, or bursts of band-passed noise);

@@ -28,6 +28,7 @@ from transformers import get_linear_schedule_with_warmup
 from genre_sweep.cli import job_main
 from genre_sweep.config import to_json
 from genre_sweep.errors import one_line
+from genre_sweep.model.card import CardFacts, Result, wilson
 from genre_sweep.model.checkpoint import (
     TRAINABLE,
     CheckpointError,
@@ -429,12 +430,55 @@ def _prune(run_dir: Path, keep: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+# The settings the model card lists: the method's hyperparameters and the seed (not where files were).
+CARD_SETTINGS = (
+    "learning_rate",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "num_train_epochs",
+    "encoder_min_layer_to_update",
+    "encoder_update_rank",
+    "encoder_update_alpha",
+    "classifier_hidden_layer_size",
+    "seed",
+)
+
+
+def train_card(cfg: TrainConfig, data: TrainData, best_epoch: int, val_clip_acc: float) -> CardFacts:
+    """The card of a ``train`` run's export: its validation figure, said to be the one its epoch was chosen on."""
+    clips = len(data.split("val").clip_names)
+    result = Result(
+        "accuracy",
+        f"clip accuracy of the best epoch ({best_epoch}), chosen on this split, so optimistic",
+        val_clip_acc,
+        "validation",
+        clips,
+        f"seed {cfg.seed}",
+        wilson(val_clip_acc, clips),
+    )
+    return CardFacts(
+        name=Path(cfg.out).resolve().name,
+        results=(result,),
+        data=f"{len(data.genres)} genres of clips prepared by `genre-sweep prepare`, split by track; no test figure.",
+        fingerprint=data.fingerprint,
+        trained_with={k: getattr(cfg, k) for k in CARD_SETTINGS},
+    )
+
+
 def run(cfg: TrainConfig) -> None:
     check_dataset(cfg.shards, cfg.pretrained, cfg.options, splits=("train", "val"))  # seconds, before any loading
     data = load_data(cfg.shards, cfg.options, splits=("train", "val"))
     result = train(cfg, data)
     path = export_model(
-        result.model, Path(cfg.out) / "model", data.genres, data.frames, data.mel_bins, base=cfg.pretrained
+        result.model,
+        Path(cfg.out) / "model",
+        data.genres,
+        data.frames,
+        data.mel_bins,
+        base=cfg.pretrained,
+        card=train_card(cfg, data, result.best_epoch, result.best_metrics["val_clip_acc"]),
     )
     log.info(
         "best epoch %d (by %s, %s): val_clip_acc %.3f val_window_acc %.3f val_loss %.4f; exported model: %s",

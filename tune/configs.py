@@ -199,7 +199,10 @@ class LaunchConfig(StoreFlags):
     trials: int = field(35, "trials")
     cpus_per_trial: float = field(4.0, "CPUs per trial")
     gpus_per_trial: float = field(0.5, "GPUs per trial")
-    address: str = field("http://127.0.0.1:8265", "Ray dashboard (`ray dashboard cluster.yaml` forwards it here)")
+    ray_address: str = field(
+        "http://127.0.0.1:8265",
+        "the Ray dashboard's address, where the job is submitted (`ray dashboard cluster.yaml` forwards it here)",
+    )
     project_dir: str = field("/home/ray/genre-sweep", "where cluster.yaml's file_mounts put this project")
     python: str = field("python", "the nodes' Python with this project installed")
     study_storage: str | None = field(None, "SQLAlchemy URL of the study; unset: SQLite on the head")

@@ -14,8 +14,6 @@ from typing import Any
 
 from genre_sweep.model.configs import score
 
-Z95 = 1.96  # the normal quantile of a two-sided 95 % interval
-
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
@@ -192,12 +190,3 @@ def top_candidates(ranked: list[Candidate], k: int) -> list[Candidate]:
         if len(out) == k:
             break
     return out
-
-
-def wilson(accuracy: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """The 95 % Wilson score interval of an accuracy measured on ``n`` independent items."""
-    if n == 0:
-        return 0.0, 1.0
-    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)

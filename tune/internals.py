@@ -1,17 +1,22 @@
 """Every use of Ray's and Optuna's private attributes, in one place, each failing loudly when an upgrade changes it.
 
-Ray gives no public way to do seven things the sweep needs: tell OptunaSearch's study a trial's final state
+Ray gives no public way to do nine things the sweep needs: tell OptunaSearch's study a trial's final state
 itself (to record ASHA-stopped trials as PRUNED), save and restore ASHA's rungs (Tune saves no scheduler
 state), hand a restored Tuner its scheduler back, validate a cluster config offline the way `ray up`
 does, stop a running ``Tuner.fit`` gracefully on SIGTERM as on Ctrl-C, and keep the driver's AWS credentials
-out of the runtime environment Tune gives every trial (Ray's runtime-env agent logs it in plain text), and let
-a resumed sweep's retention pass over checkpoints its killed driver had already deleted. Each
+out of the runtime environment Tune gives every trial (Ray's runtime-env agent logs it in plain text), let
+a resumed sweep's retention pass over checkpoints its killed driver had already deleted, forward a reused trial
+actor's log lines under the trial it runs now, and leave out Tune's TensorBoard hint (a folder the trials' event
+files are not in). Each
 accessor checks the attribute's presence and shape and raises ``LibraryChanged`` naming it;
 ``tests/tune/test_internals.py`` runs them all against the installed Ray and Optuna in a second.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
 from typing import Any
 
 from genre_sweep.errors import GenreSweepError
@@ -212,3 +217,53 @@ def tolerate_deleted_checkpoints() -> None:
     delete_if_there.tolerates_deleted = True  # type: ignore[attr-defined]
     delete_if_there.wrapped = delete  # type: ignore[attr-defined]
     checkpoint_manager._delete_fs_path = delete_if_there
+
+
+# --- Ray's log monitor: the name an actor's forwarded log lines carry ----------------------------------------
+
+
+def name_actor_in_logs(name: str) -> None:
+    """Forward this actor's later log lines under ``name``. Ray prefixes them with the repr the actor had when it
+    was created: its worker prints ``:actor_name:<repr>`` (``ray._private.ray_constants.LOG_PREFIX_ACTOR_NAME``) to
+    stdout and stderr then, and Ray's log monitor (``ray._private.log_monitor``) takes such a line as the name of
+    the lines after it, forwarding it to no one. Print it again."""
+    constants = _module("ray._private.ray_constants")
+    prefix = getattr(constants, "LOG_PREFIX_ACTOR_NAME", None)
+    if not isinstance(prefix, str) or not prefix:
+        raise LibraryChanged(
+            "ray._private.ray_constants.LOG_PREFIX_ACTOR_NAME is gone; "
+            "genre_sweep/tune/internals.py needs updating for the installed Ray"
+        )
+    for stream in (sys.stdout, sys.stderr):
+        print(f"{prefix}{name}", file=stream, flush=True)
+
+
+# --- Ray Tune's console output: the TensorBoard hint of an experiment's start --------------------------------
+
+
+def drop_tensorboard_hint() -> None:
+    """Tune prints "To visualize your results with TensorBoard, run: `tensorboard --logdir <folder>`" as an
+    experiment starts, naming its driver's staging folder in Ray's temp folder, where the trials' event files are
+    not (they are in <storage>/<name>; the sweep says so itself). Its progress reporter's ``experiment_started``
+    (``ray.tune.experimental.output.ProgressReporter``) prints it when given a ``tensorboard_path``: give it none
+    (the line before it, "View detailed results here: <storage>/<name>", stays)."""
+    output = _module("ray.tune.experimental.output")
+    reporter = getattr(output, "ProgressReporter", None)
+    started = getattr(reporter, "experiment_started", None)
+    if getattr(started, "drops_tensorboard_hint", False):
+        return
+    if not callable(started) or "tensorboard_path" not in inspect.signature(started).parameters:
+        raise LibraryChanged(
+            "ray.tune.experimental.output.ProgressReporter.experiment_started no longer takes tensorboard_path; "
+            "genre_sweep/tune/internals.py needs updating for the installed Ray"
+        )
+    signature = inspect.signature(started)
+
+    @functools.wraps(started)
+    def without_hint(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["tensorboard_path"] = None
+        return started(*bound.args, **bound.kwargs)
+
+    without_hint.drops_tensorboard_hint = True  # type: ignore[attr-defined]
+    reporter.experiment_started = without_hint  # type: ignore[union-attr]

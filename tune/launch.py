@@ -89,10 +89,10 @@ def launch(cfg: LaunchConfig) -> str:
         )
     check_storage_writable(cfg.bucket, cfg.options)
     try:
-        client = JobSubmissionClient(cfg.address)
+        client = JobSubmissionClient(cfg.ray_address)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise LaunchError(
-            f"cannot reach the Ray dashboard at {cfg.address}: {e}. Start the cluster with "
+            f"cannot reach the Ray dashboard at {cfg.ray_address}: {e}. Start the cluster with "
             f"`ray up {cfg.cluster}` and forward the dashboard with `ray dashboard {cfg.cluster}`"
         ) from e
     return client.submit_job(
@@ -105,9 +105,10 @@ def instructions(cfg: LaunchConfig, job_id: str) -> str:
     return "\n".join(
         [
             f"submitted job {job_id}: prepare -> sweep ({cfg.trials} trials) -> retrain -> report",
-            f"Ray dashboard:  {cfg.address}   (keep `ray dashboard {cfg.cluster}` running)",
-            f"follow logs:    ray job logs --address {cfg.address} --follow {job_id}",
-            f"status / stop:  ray job status --address {cfg.address} {job_id}   |   ray job stop ... {job_id}",
+            f"Ray dashboard:  {cfg.ray_address}   (keep `ray dashboard {cfg.cluster}` running; the token it asks "
+            f"for: `ray exec {cfg.cluster} 'ray get-auth-token'`)",
+            f"follow logs:    ray job logs --address {cfg.ray_address} --follow {job_id}",
+            f"status / stop:  ray job status --address {cfg.ray_address} {job_id}   |   ray job stop ... {job_id}",
             f"TensorBoard:    ray exec {cfg.cluster} 'tensorboard --logdir {sweep_dir}' --port-forward 6006"
             "   then http://localhost:6006",
             f"optuna:         ray exec {cfg.cluster} 'optuna-dashboard {cfg.study}' --port-forward 8080"

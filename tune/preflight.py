@@ -21,6 +21,7 @@ import yaml
 from ray import tune
 
 from genre_sweep.cli import job_main
+from genre_sweep.config import flag
 from genre_sweep.data.shards import open_dataset
 from genre_sweep.model.data import check_dataset
 from genre_sweep.model.dora_ast import ModelError
@@ -28,7 +29,7 @@ from genre_sweep.model.node_store import NodeSizes, node_sizes
 from genre_sweep.ray_start import RayConnectError, init_ray
 from genre_sweep.store import StoreError, StoreOptions, filesystem, probe_writable
 from genre_sweep.tune.capacity import Capacity, cluster_capacity, from_cluster_config
-from genre_sweep.tune.configs import PreflightConfig, RetrainConfig, SweepConfig, SweepError
+from genre_sweep.tune.configs import LaunchConfig, PreflightConfig, RetrainConfig, SweepConfig, SweepError
 from genre_sweep.tune.internals import prepare_cluster_config
 from genre_sweep.tune.record import (
     SweepRecord,
@@ -233,8 +234,36 @@ def run_checks(cfg: PreflightConfig) -> list[tuple[str, bool, str]]:
     return results
 
 
+# The same flag, not the same setting: launch's --ray-address is the dashboard's HTTP address (where the job is
+# submitted), preflight's the address of a running cluster whose nodes it checks.
+NOT_LAUNCHS = {"ray_address"}
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def launch_default_notes(cfg: PreflightConfig) -> list[str]:
+    """A note for each setting preflight shares with launch whose defaults differ, where ``cfg`` has preflight's
+    value: its checks then pass for a trial, or a model, that launch (left to its defaults) will not run."""
+    launch = {f.name: f.default for f in dataclasses.fields(LaunchConfig) if f.default is not dataclasses.MISSING}
+    notes = []
+    for f in dataclasses.fields(PreflightConfig):
+        if f.name in NOT_LAUNCHS or f.name not in launch or f.default in (dataclasses.MISSING, launch[f.name]):
+            continue
+        if getattr(cfg, f.name) == f.default:
+            notes.append(
+                f"note: {flag(f.name)} is {_shown(f.default)}, preflight's default; launch's default is "
+                f"{_shown(launch[f.name])}: pass the value you will launch with"
+            )
+    return notes
+
+
 def run(cfg: PreflightConfig) -> int:
-    """Print each check's verdict; exit code 0 when all pass, 2 otherwise."""
+    """Print where its defaults differ from launch's, then each check's verdict; exit code 0 when all pass, 2
+    otherwise."""
+    for note in launch_default_notes(cfg):
+        print(note)
     results = run_checks(cfg)
     for name, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}")

@@ -206,7 +206,8 @@ def test_chosen(
     source: NodeData,
 ) -> dict[str, Any]:
     """Evaluate the chosen configuration's retrains, and only theirs, on the test split: per-seed and mean ± std
-    figures, the exported seed (the best on validation) and its model and evaluation."""
+    figures, every seed's evaluation (``test_evaluations``: its confusion matrix and clip predictions, which the
+    report pools), and the exported seed (the best on validation) and its model."""
     chosen = confirmation.chosen
     runs = confirmation.runs_of(chosen.trial)
     export = max(range(len(runs)), key=lambda i: (score(runs[i].val[cfg.metric], confirmation.mode), -i))
@@ -244,7 +245,7 @@ def test_chosen(
         "test_clip_macro_f1_std": f1_sd,
         "exported_seed": runs[export].seed,
         "tested": [{"trial": chosen.trial, "seed": seed} for seed in out["seeds"]],  # what the test split saw
-        "exported_test": tests[export],
+        "test_evaluations": [{"seed": r.seed, **t} for r, t in zip(runs, tests, strict=True)],
         "model": out["model"],
     }
 
@@ -274,7 +275,7 @@ def retrain_and_report(
     )
     tested = test_chosen(cfg, record, confirmation, weights, source)
     dataset = open_dataset(cfg.shards, cfg.options)  # the manifest only, for the report; before_sweep checked it
-    write_report(cfg, record, results, confirmation, tested, dataset, failures(results))
+    write_report(cfg, record, confirmation, tested, dataset, failures(results))
     print(
         f"chosen: trial {chosen.trial} (of {len(candidates)} confirmed over {cfg.retrain_seeds} seeds); test clip "
         f"accuracy {tested['test_clip_acc_mean']:.4f} ± {tested['test_clip_acc_std']:.4f}; report: "

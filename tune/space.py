@@ -1,4 +1,4 @@
-"""The search space: method.md's nine hyperparameters by default, changed or extended by a YAML file.
+"""The search space: the method's nine hyperparameters (docs/method.md) by default, changed or extended by a YAML file.
 
 A YAML file has two optional sections: ``space`` (name -> {type: float|int|categorical, low, high, log,
 choices}; a listed name replaces the default, ``null`` removes it) and ``fixed`` (TrainConfig fields

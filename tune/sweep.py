@@ -15,8 +15,10 @@ import errno
 import logging
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -29,7 +31,7 @@ from genre_sweep.interrupt import Interrupted, graceful
 from genre_sweep.model.device import describe, resolve_device
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.ray_start import init_ray
-from genre_sweep.store import filesystem, storage_full
+from genre_sweep.store import absolute, filesystem, storage_full
 from genre_sweep.tune import internals, lease
 from genre_sweep.tune.capacity import Capacity, cluster_capacity
 from genre_sweep.tune.configs import SweepConfig, SweepError
@@ -39,7 +41,7 @@ from genre_sweep.tune.record import SweepRecord, write_record
 from genre_sweep.tune.retrain import failed_trials_exit, retrain_and_report, trial_source
 from genre_sweep.tune.search import PersistentASHA, PruneAwareOptunaSearch
 from genre_sweep.tune.study import close_interrupted, open_storage, study_backup
-from genre_sweep.tune.trial import run_trial
+from genre_sweep.tune.trial import TRIAL_ACTOR, run_trial, trial_actor
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +90,11 @@ def build_tuner(cfg: SweepConfig, record: SweepRecord, source: NodeData, at_once
     space = record.search_space
     fs, storage_path = filesystem(cfg.storage, cfg.options)  # with a filesystem given, Tune wants bucket/key paths
     experiment_path = storage_path + "/" + cfg.name
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=source, template=record.train_config(cfg)),
+    trainable = trial_actor(
+        run_trial,
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial},
+        data=source,
+        template=record.train_config(cfg),
     )
     scheduler = PersistentASHA(
         # beside the experiment folder, not in it: a resumed Tune re-uploads its stale copy of that folder
@@ -176,13 +180,37 @@ def run_sweep(cfg: SweepConfig) -> tune.ResultGrid:
 
 
 def run_checked(cfg: SweepConfig, record: SweepRecord) -> tune.ResultGrid:
-    init_ray(cfg.ray_address)
+    dashboard = init_ray(cfg.ray_address)
     capacity, at_once = plan(cfg)
     with capacity_requested(capacity, at_once, cfg.cpus_per_trial, cfg.gpus_per_trial):
-        return _sweep(cfg, record, at_once)
+        return _sweep(cfg, record, at_once, dashboard)
 
 
-def _sweep(cfg: SweepConfig, record: SweepRecord, at_once: int) -> tune.ResultGrid:
+def command(name: str) -> str:
+    """How to run the console command ``name`` from here: its name when it is on PATH, else this Python's copy (a
+    virtualenv that is not activated), else its name."""
+    if shutil.which(name):
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def watch_hints(cfg: SweepConfig, dashboard: str | None) -> list[str]:
+    """Where to watch the sweep, a line each: the Ray dashboard at ``dashboard`` (when there is one), with the
+    command printing the token it asks for (Ray 2.60 starts a local Ray with token authentication, and `ray up`'s
+    clusters use it: its page opens on an "Authentication Token Required" dialog), and TensorBoard on the trials'
+    event files, in the sweep's folder (not the folder in Ray's temp folder Tune would name)."""
+    hints = []
+    if dashboard:
+        hints.append(
+            f"Ray dashboard: {dashboard} (the trials are its {TRIAL_ACTOR} actors); for the token it asks for, run "
+            f"`{command('ray')} get-auth-token`"
+        )
+    hints.append(f"TensorBoard: `{command('tensorboard')} --logdir {shlex.quote(absolute(cfg.root))}`")
+    return hints
+
+
+def _sweep(cfg: SweepConfig, record: SweepRecord, at_once: int, dashboard: str | None) -> tune.ResultGrid:
     # Tune snapshots its experiment state whenever a trial has checkpointed num_to_keep times, i.e. every
     # other epoch here, and warns about it every few seconds; the snapshots are small and wanted, the warning not.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -202,6 +230,9 @@ def _sweep(cfg: SweepConfig, record: SweepRecord, at_once: int) -> tune.ResultGr
         cfg.name,
         cfg.study_url(),
     )
+    for hint in watch_hints(cfg, dashboard):
+        log.info("%s", hint)
+    internals.drop_tensorboard_hint()  # Tune's would name its staging folder in Ray's temp folder, not the trials'
     # Ctrl-C or SIGTERM: Tune saves its state and stops the trials, which stay resumable (not failed in the study)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (below) stops Tune the same way, for SIGTERM too
     internals.keep_credentials_out_of_trials()  # nodes use their own; Ray would log the driver's in plain text

@@ -10,6 +10,7 @@ import posixpath
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,44 @@ from genre_sweep.model.checkpoint import OPTIMIZER, STATE, TRAINABLE
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.store import with_retries
+from genre_sweep.tune import internals
 
 log = logging.getLogger(__name__)
 
 # The key of the one result a trial reports when its configuration cannot train (see ``run_trial``).
 TRIAL_ERROR = "trial_error"
+
+
+# The class of every trial's actor, as Ray shows it (dashboard, `ray list actors`, process title ray::GenreSweepTrial).
+TRIAL_ACTOR = "GenreSweepTrial"
+
+
+def trial_actor(trainable: Callable[..., None], resources: dict[str, float], **parameters: Any) -> type:
+    """Tune's trainable running ``trainable(config, **parameters)`` with ``resources`` per trial, as a class named
+    ``GenreSweepTrial`` instead of Tune's anonymous ``ImplicitFunc``, whose repr names its trial:
+    ``GenreSweepTrial(<trial>)`` is the Ray dashboard's Repr of the actor and the prefix of its forwarded log lines.
+
+    Ray takes an actor's repr once, when it is created: an actor Tune reuses for a later trial (``reuse_actors``)
+    keeps its first trial's in the dashboard, while its log lines are prefixed with the trial it runs now
+    (``internals.name_actor_in_logs``). Tune's name for the trainable stays ``trainable``'s, which
+    ``Tuner.restore(trainable=...)`` checks, so a sweep restores with this class or with ``trainable`` itself."""
+    from ray import tune
+    from ray.tune.trainable import wrap_function
+
+    implicit = wrap_function(tune.with_resources(tune.with_parameters(trainable, **parameters), resources))
+
+    class Trial(implicit):  # type: ignore[misc, valid-type]
+        def __repr__(self) -> str:
+            return f"{TRIAL_ACTOR}({self.trial_name})"
+
+        def reset_config(self, new_config: dict[str, Any]) -> bool:
+            reset = super().reset_config(new_config)  # Tune has set the new trial's name by now
+            if reset:
+                internals.name_actor_in_logs(repr(self))
+            return reset
+
+    Trial.__name__ = Trial.__qualname__ = TRIAL_ACTOR  # Ray names the actor's class by these
+    return Trial
 
 
 def run_trial(config: dict[str, Any], data: NodeData, template: TrainConfig) -> None:

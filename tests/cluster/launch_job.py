@@ -51,7 +51,7 @@ cfg = resolve(
         "trials": "2",
         "cpus_per_trial": "1",
         "gpus_per_trial": "0",
-        "address": address,
+        "ray_address": address,
         "project_dir": project,
         "python": sys.executable,
         "study_storage": f"sqlite:///{bucket}/study.db",

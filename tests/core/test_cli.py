@@ -23,6 +23,58 @@ def test_synth_prepare_inspect_through_the_command(ray_local, tmp_path, capsys):
     assert "(1024, 128) float16" in out and "augmentations (train only): echo" in out
 
 
+def test_no_arguments_prints_the_jobs_to_stderr_and_exits_2(capsys):
+    from genre_sweep.cli import JOBS
+
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: genre-sweep") and all(f"  {job} " in err for job in JOBS)
+    assert main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: genre-sweep")  # asked for: stdout, 0
+
+
+@pytest.mark.parametrize(
+    ("job", "suggested"),
+    [("trian", "did you mean train or retrain or pretrain?"), ("preflite", "did you mean preflight"), ("fly", None)],
+)
+def test_an_unknown_job_names_the_closest_jobs_in_one_line(capsys, job, suggested):
+    assert main([job, "--shards", "s"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"unknown job {job!r}" in err and "jobs: synth, prepare" in err
+    assert (suggested in err) if suggested else ("did you mean" not in err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--learnin-rate", "1"], "unrecognized arguments: --learnin-rate 1; did you mean --learning-rate?"),
+        (["train", "--learning_rat=0.1"], "did you mean --learning-rate?"),  # underscores and =value too
+        (["sweep", "--prefix-cach"], "did you mean --prefix-cache or --no-prefix-cache?"),
+        (
+            ["train", "--learnin-rate", "0.1", "--num-epochs", "2"],
+            "did you mean --learning-rate for --learnin-rate, --num-train-epochs for --num-epochs?",
+        ),
+        (["launch", "--address", "http://127.0.0.1:8265"], "did you mean --ray-address?"),  # its old name
+        (["train", "--colour", "red"], "unrecognized arguments: --colour red (see genre-sweep train --help)"),
+    ],
+)
+def test_an_unknown_flag_names_the_closest_flags_in_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_every_job_that_reaches_ray_names_its_address_ray_address():
+    import dataclasses
+
+    from genre_sweep.cli import JOBS, _load
+
+    for name, job in JOBS.items():
+        addresses = [f.name for f in dataclasses.fields(_load(job.config)) if "address" in f.name]
+        assert addresses in ([], ["ray_address"]), (name, addresses)
+    assert "ray_address" in {f.name for f in dataclasses.fields(_load(JOBS["launch"].config))}
+
+
 def test_unknown_jobs_and_bad_flags_are_clear_errors(capsys):
     assert main(["fly"]) == 2
     assert "unknown job 'fly'" in capsys.readouterr().err

@@ -5,9 +5,10 @@ import pytest
 import soundfile as sf
 
 from genre_sweep.model.evaluate import main as evaluate_main
+from genre_sweep.model.evaluate import per_genre_scores, plot_confusion
 from genre_sweep.model.export import export_model
+from genre_sweep.model.hf_pipeline import vote
 from genre_sweep.model.predict import main as predict_main
-from genre_sweep.model.predict import vote
 from genre_sweep.model.train import train
 from tests.model.conftest import quick_config
 
@@ -44,6 +45,18 @@ def test_evaluate_writes_metrics_per_genre_scores_and_a_confusion_matrix(small_s
     assert set(metrics["per_genre"]) == {"blues", "classical", "metal", "reggae"}
     assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert "clip accuracy" in capsys.readouterr().out
+
+
+def test_per_genre_scores_are_scikit_learns_and_a_normalised_confusion_matrix_is_drawn(tmp_path):
+    true, pred = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 2, 0])
+    scores = per_genre_scores(true, pred, ["blues", "metal", "pop", "reggae"])
+    assert scores["blues"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert scores["metal"]["precision"] == 2 / 3 and scores["metal"]["recall"] == 1.0
+    assert scores["reggae"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}  # never there: 0, no warning
+    plot_confusion(
+        np.eye(3) * 0.5 + 0.5 / 3, ["blues", "metal", "pop"], "test", tmp_path / "c.png", values_format=".2f"
+    )
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_predict_handles_a_short_a_long_and_a_broken_file(small_shards, small_data, tmp_path, capsys):

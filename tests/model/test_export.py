@@ -1,5 +1,7 @@
-"""The export is a Hugging Face model: AutoModelForAudioClassification and pipeline agree with predict, offline,
-without genre-sweep; its adapter loads with peft on the base checkpoint."""
+"""The export is a Hugging Face model folder as the Hub has them: in a process where genre-sweep cannot be imported,
+its card parses, AutoModelForAudioClassification loads it, its own pipeline names each whole song's genre as
+``predict`` does, and peft rebuilds it from the adapter folder over the base checkpoint; nothing in it names the
+machine that wrote it."""
 
 import json
 import os
@@ -9,38 +11,63 @@ import sys
 import numpy as np
 import soundfile as sf
 import torch
-from peft import PeftModel
-from safetensors.torch import load_file
-from transformers import AutoModelForAudioClassification
+from transformers import ASTConfig, ASTForAudioClassification, AutoModelForAudioClassification
 
+from genre_sweep.model.card import CardFacts, Result
 from genre_sweep.model.configs import AdapterSettings
-from genre_sweep.model.dora_ast import _load_backbone, backbone_config, build_model
+from genre_sweep.model.dora_ast import build_model
 from genre_sweep.model.export import export_model, load_exported
 from genre_sweep.model.predict import main as predict_main
 
 GENRES = ["brass", "drums", "strings"]
 
-PLAIN_TRANSFORMERS = """
-import json, sys
-import numpy as np, soundfile as sf, torch
-from transformers import AutoModelForAudioClassification, pipeline
+# Run in a fresh interpreter in which ``import genre_sweep`` fails: the folder must stand on its own.
+WITHOUT_GENRE_SWEEP = """
+import importlib.abc, json, sys
 
-folder, features, songs = sys.argv[1], sys.argv[2], sys.argv[3:]
-model = AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True)
+class NoGenreSweep(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "genre_sweep":
+            raise ImportError("genre_sweep is not importable in this process")
+
+sys.meta_path.insert(0, NoGenreSweep())
+import numpy as np, torch, yaml
+from peft import PeftModel
+from transformers import AutoConfig, AutoModelForAudioClassification, pipeline
+
+folder, base, features, songs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+try:
+    import genre_sweep
+    raise SystemExit("genre_sweep was importable")
+except ImportError:
+    pass
+card = open(folder + "/README.md").read()
+meta = yaml.safe_load(card.split("---")[1])
+model = AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True).eval()
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+adapted = AutoModelForAudioClassification.from_pretrained(base, config=config)
+adapted = PeftModel.from_pretrained(adapted, folder, subfolder="adapter").eval()
+x = torch.from_numpy(np.load(features))
 with torch.no_grad():
-    logits = model(torch.from_numpy(np.load(features))).logits
+    logits, peft_logits = model(x).logits, adapted(input_values=x).logits
 classify = pipeline("audio-classification", model=folder, trust_remote_code=True)
-out = {"class": type(model).__name__, "id2label": model.config.id2label, "logits": logits.tolist(), "songs": {}}
-for song in songs:
-    wave, rate = sf.read(song, dtype="float32")
-    out["songs"][song] = classify({"raw": wave, "sampling_rate": rate}, top_k=3)
+out = {
+    "meta": meta,
+    "class": type(model).__name__,
+    "pipeline": type(classify).__name__,
+    "peft": type(adapted).__name__,
+    "id2label": model.config.id2label,
+    "logits": logits.tolist(),
+    "peft_logits": peft_logits.tolist(),
+    "songs": {song: classify(song) for song in songs},
+}
 print(json.dumps(out))
 """
 
 
-def trained_like():
+def trained_like(base: str = "tiny"):
     """A tiny classifier with its adapters and head away from their initialisation (as after training)."""
-    model = build_model("tiny", len(GENRES), AdapterSettings(min_layer=10), 256, 128, seed=3)
+    model = build_model(base, len(GENRES), AdapterSettings(min_layer=10), 256, 128, seed=3)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -48,61 +75,128 @@ def trained_like():
     return model.eval()
 
 
-def test_the_export_loads_with_plain_transformers_and_its_pipeline_agrees_with_predict(tmp_path):
-    folder = export_model(trained_like(), tmp_path / "model", GENRES, 256, 128, base="tiny")
-    songs = []  # 2 s each: shorter than a window, so predict and the pipeline see the same (padded) window
-    for rate in (16000, 44100):  # the pipeline resamples like prepare and predict do
-        song = tmp_path / f"song-{rate}.wav"
-        n = int(2.0 * rate)
-        wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / rate) * np.hanning(n)).astype(np.float32)
-        sf.write(song, wave, rate, subtype="FLOAT")
-        songs.append(str(song))
+def base_checkpoint(folder):
+    """A small AST checkpoint as the Hub holds one (ASTForAudioClassification), saved to ``folder``."""
+    torch.manual_seed(5)
+    config = ASTConfig(
+        hidden_size=64, num_hidden_layers=12, num_attention_heads=4, intermediate_size=128, max_length=256
+    )
+    ASTForAudioClassification(config).save_pretrained(folder)
+    return folder
+
+
+def songs_of_several_lengths(folder):
+    """A song shorter than a window (256 frames: 2.56 s), one of one window, and stereo songs of several windows
+    (one at 44.1 kHz, which both resample) whose parts differ (a quiet tone, noise, clicks), so their windows
+    disagree and the vote is a real one."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+
+    def part(kind: str, seconds: float, rate: int) -> np.ndarray:
+        t = np.arange(int(seconds * rate)) / rate
+        if kind == "tone":
+            return 0.02 * np.sin(2 * np.pi * 100 * t)
+        if kind == "noise":
+            return 0.8 * rng.standard_normal(len(t)).clip(-1.2, 1.2)
+        clicks = np.zeros(len(t))
+        clicks[:: rate // 20] = 0.9
+        return clicks
+
+    paths = []
+    for name, parts, rate, channels in [
+        ("short", [("noise", 1.5)], 16000, 1),
+        ("one-window", [("tone", 1.0), ("noise", 1.56)], 16000, 1),
+        ("several", [("tone", 4.5), ("noise", 4.5)], 16000, 2),
+        ("several-44k", [("clicks", 3.5), ("noise", 3.8)], 44100, 2),
+    ]:
+        wave = np.concatenate([part(kind, seconds, rate) for kind, seconds in parts])
+        wave = np.stack([wave, 0.5 * wave], axis=1) if channels == 2 else wave
+        path = folder / f"{name}.flac"
+        sf.write(path, wave.astype(np.float32), rate)
+        paths.append(str(path))
+    return paths
+
+
+def test_the_export_stands_alone_as_a_hub_folder_and_its_pipeline_agrees_with_predict_on_whole_songs(tmp_path):
+    base = base_checkpoint(tmp_path / "base-ast")
+    facts = CardFacts(
+        name="genres-demo",
+        results=(Result("accuracy", "clip accuracy", 0.8, "test", 30, "seed 1 (exported)", (0.63, 0.9)),),
+        fingerprint="ab" * 32,
+    )
+    folder = export_model(trained_like(str(base)), tmp_path / "model", GENRES, 256, 128, base=str(base), card=facts)
+    songs = songs_of_several_lengths(tmp_path / "songs")
     features = np.random.default_rng(0).standard_normal((2, 256, 128)).astype(np.float32)
     np.save(tmp_path / "features.npy", features)
 
+    for file in folder.rglob("*"):  # push_to_hub-ready: nothing names this machine's paths
+        if file.suffix in (".json", ".md", ".py"):
+            assert str(tmp_path) not in file.read_text(), file
+    adapter_config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "base-ast"
+    assert adapter_config["task_type"] == "SEQ_CLS" and adapter_config["modules_to_save"] == ["head_norm", "head"]
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     run = subprocess.run(
-        [sys.executable, "-c", PLAIN_TRANSFORMERS, str(folder), str(tmp_path / "features.npy"), *songs],
+        [sys.executable, "-c", WITHOUT_GENRE_SWEEP, str(folder), str(base), str(tmp_path / "features.npy"), *songs],
         capture_output=True,
         text=True,
         env=env,
-        cwd=tmp_path,  # not the repository: nothing of genre-sweep is imported
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     hf = json.loads(run.stdout.strip().splitlines()[-1])
-    assert hf["class"] == "GenreSweepASTForAudioClassification"
+
+    meta = hf["meta"]
+    assert meta["pipeline_tag"] == "audio-classification" and meta["library_name"] == "transformers"
+    assert "base_model" not in meta  # a local folder is no Hub id
+    (result,) = meta["model-index"][0]["results"]
+    assert result["dataset"]["split"] == "test" and result["metrics"][0] == {
+        "type": "accuracy",
+        "value": 0.8,
+        "name": "clip accuracy 0.800 on the test split (30 clips, seed 1 (exported), 95 % interval 0.630-0.900)",
+    }
+    assert hf["class"] == "GenreSweepASTForAudioClassification" and hf["pipeline"] == "SongGenrePipeline"
     assert hf["id2label"] == {str(i): g for i, g in enumerate(GENRES)}
     ours, _ = load_exported(folder)
     with torch.no_grad():
         expected = ours(torch.from_numpy(features))
     torch.testing.assert_close(torch.tensor(hf["logits"]), expected, rtol=1e-5, atol=1e-5)
+    assert hf["peft"] == "PeftModelForSequenceClassification"  # the adapter and head, unmerged, on the base
+    torch.testing.assert_close(torch.tensor(hf["peft_logits"]), expected, rtol=1e-4, atol=1e-4)
 
     out = tmp_path / "pred.csv"
-    flags = ["--model", str(folder), "--out", str(out), "--windows", "1", "--device", "cpu", "--ray-threshold", "99"]
-    assert predict_main([str(tmp_path), *flags]) == 0
+    flags = ["--model", str(folder), "--out", str(out), "--device", "cpu", "--ray-threshold", "99"]
+    assert predict_main([str(tmp_path / "songs"), *flags]) == 0
     predicted = {r["source"]: r for r in json.loads(out.with_suffix(".json").read_text())}
+    windows = {}
     for song in songs:
-        top = hf["songs"][song][0]
-        assert top["label"] == predicted[song]["genre"], song
-        assert abs(top["score"] - predicted[song]["confidence"]) < 1e-4, (song, top, predicted[song])
+        top, p = hf["songs"][song][0], predicted[song]
+        assert [g["label"] for g in hf["songs"][song]].count(top["label"]) == 1 and len(hf["songs"][song]) == 3
+        assert (top["label"], top["votes"], top["windows"]) == (p["genre"], p["votes"], p["windows"]), song
+        assert abs(top["confidence"] - p["confidence"]) < 1e-3 and top["score"] == p["votes"] / p["windows"]
+        windows[song.rsplit("/", 1)[-1]] = p["windows"]
+    assert windows == {"short.flac": 1, "one-window.flac": 1, "several.flac": 20, "several-44k.flac": 20}
+    assert all(hf["songs"][s][0]["votes"] < 20 for s in songs[2:])  # the windows disagreed: a real vote
 
     # in a process with genre-sweep, the Auto classes know ours: no trust_remote_code
     assert type(AutoModelForAudioClassification.from_pretrained(folder)).__name__ == hf["class"]
 
 
-def test_the_adapter_alone_rebuilds_the_adapted_backbone_with_peft_on_the_base(tmp_path):
-    model = trained_like()
-    folder = export_model(model, tmp_path / "model", GENRES, 256, 128, base="tiny")
+def test_a_base_named_by_genre_sweep_or_the_hub_is_kept_as_named_and_the_card_says_how_to_load_it(tmp_path):
+    folder = export_model(trained_like(), tmp_path / "model", GENRES, 256, 128, base="tiny")
     assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
-    base, _ = _load_backbone(*backbone_config("tiny", 256, 128))  # the base checkpoint ("tiny": a seeded one)
-    adapted = PeftModel.from_pretrained(base, str(folder / "adapter")).eval()
-    x = torch.randn(2, 256, 128)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            adapted(x).last_hidden_state, model.backbone(x).last_hidden_state, rtol=1e-5, atol=1e-5
-        )
-    head = load_file(str(folder / "adapter" / "head.safetensors"))
-    assert set(head) == {k for k in model.state_dict() if k.startswith("head")}
+    card = (folder / "README.md").read_text()
+    assert "No test result" in card and 'BASE = "tiny"' in card and "random weights" in card
+
+    from genre_sweep.model.card import model_card
+
+    hub = model_card(CardFacts(), "MIT/ast-finetuned-audioset-10-10-0.4593", GENRES, 1024, 20, None)
+    assert "base_model: MIT/ast-finetuned-audioset-10-10-0.4593" in hub
+    assert 'BASE = "MIT/ast-finetuned-audioset-10-10-0.4593"' in hub
+    small = model_card(CardFacts(), "small", GENRES, 1024, 20, "small")
+    assert "base_model:" not in small and 'BASE = "model/pretrained/small-ast"' in small
+    assert "10.24 s" in hub and "vote of 20 windows" in hub
 
 
 def _tampered(folder, how: str) -> None:

@@ -38,3 +38,24 @@ def test_predict_skips_each_odd_song_with_its_reason_and_predicts_the_rest(tmp_p
     assert rows["lying.flac"]["error"].startswith("unreadable: decoding or resampling failed: MemoryError")
     assert "a folder already walked" in rows["loop"]["error"] and "dangling link" in rows["gone.wav"]["error"]
     assert "1 songs predicted, 4 skipped" in capsys.readouterr().out
+
+
+def test_predict_with_nothing_predicted_exits_1_with_the_reason(tmp_path, capsys):
+    model = export_model(build_model("tiny", 2, AdapterSettings(), 256, 128), tmp_path / "model", ["a", "b"], 256, 128)
+    empty = tmp_path / "no-audio"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a song")
+    out = tmp_path / "pred.csv"
+    assert predict_main([str(empty), "--model", str(model), "--out", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: nothing predicted: no audio file in {empty}" in err and "Traceback" not in err
+    assert json.loads(out.with_suffix(".json").read_text())[0]["error"] == "not an audio file extension"
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "cut.wav").write_bytes(b"RIFF\x00\x00")
+    sf.write(broken / "silent.wav", np.zeros(16000, dtype=np.float32), 16000)
+    assert predict_main([str(broken), "--model", str(model), "--out", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: nothing predicted: none of the 2 audio files in {broken} could be read (reasons in {out})" in err
+    assert all(r["error"].startswith("unreadable: ") for r in json.loads(out.with_suffix(".json").read_text()))

@@ -22,6 +22,7 @@ from genre_sweep.model.train import (
     predict_logits,
     split_inputs,
     train,
+    train_card,
 )
 from tests.model.conftest import quick_config
 
@@ -140,8 +141,17 @@ def test_a_checkpoint_alone_resumes_in_a_new_folder_and_keeps_its_earlier_best_e
 
 
 def test_export_round_trip_gives_the_same_logits(small_shards, small_data, tmp_path):
-    result = train(quick_config(small_shards, tmp_path / "run", num_train_epochs="2"), small_data)
+    cfg = quick_config(small_shards, tmp_path / "run", num_train_epochs="2")
+    result = train(cfg, small_data)
     val = small_data.split("val")
+    # the card of train's export: its validation figure, called optimistic (the epoch was chosen on it)
+    (figure,) = train_card(cfg, small_data, result.best_epoch, result.best_metrics["val_clip_acc"]).results
+    assert (figure.split, figure.clips, figure.value) == (
+        "validation",
+        len(val.clip_names),
+        result.best_metrics["val_clip_acc"],
+    )
+    assert "optimistic" in figure.name and figure.interval[0] <= figure.value <= figure.interval[1]
     before = predict_logits(result.model, val, 64, torch.device("cpu"))
     path = export_model(result.model, tmp_path / "export", small_data.genres, small_data.frames, small_data.mel_bins)
     loaded, info = load_exported(path)
@@ -151,11 +161,13 @@ def test_export_round_trip_gives_the_same_logits(small_shards, small_data, tmp_p
     assert torch.equal(predict_logits(again, val, 64, torch.device("cpu")), after)
     assert info["genres"] == list(small_data.genres) and not loaded.training
     assert sorted(p.name for p in path.iterdir()) == [
+        "README.md",
         "adapter",
         "config.json",
         "genre_sweep.json",
         "model.safetensors",
         "modeling_genre_sweep.py",
+        "pipeline_genre_sweep.py",
         "preprocessor_config.json",
     ]
     assert not any("lora" in k for k in loaded.state_dict())

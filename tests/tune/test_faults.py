@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from genre_sweep.tune.sweep import main as sweep_main
+from genre_sweep.tune.trial import TRIAL_ACTOR
 from tests.tune.test_search import SetOn
 from tests.tune.test_sweep import sweep_args
 
@@ -115,11 +116,11 @@ def test_a_sweep_rides_out_an_s3_outage_then_resumes_on_a_new_head_from_the_buck
 
 
 def _trial_processes() -> list[psutil.Process]:
-    """Ray worker processes running a Tune trial (their title names the trainable's actor)."""
+    """Ray worker processes running a Tune trial (their title names the trial's actor class, ray::GenreSweepTrial)."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(p.info["cmdline"] or [])
-        if "ImplicitFunc" in cmdline:
+        if TRIAL_ACTOR in cmdline:
             found.append(p)
     return found
 

@@ -116,3 +116,37 @@ def test_deleting_a_checkpoint_that_is_gone_is_a_no_op_once_told(tmp_path):
     with pytest.raises(FileNotFoundError):  # what Ray's own does, inside Tune's checkpoint handling
         checkpoint_manager._delete_fs_path.wrapped(fs=pafs.LocalFileSystem(), fs_path=missing)
     checkpoint_manager._delete_fs_path(fs=pafs.LocalFileSystem(), fs_path=missing)
+
+
+def test_an_actors_log_lines_are_renamed_by_the_token_rays_log_monitor_reads(capsys):
+    import inspect
+
+    from ray._private import log_monitor
+
+    internals.name_actor_in_logs("GenreSweepTrial(t2)")
+    captured = capsys.readouterr()
+    assert captured.out == captured.err == ":actor_name:GenreSweepTrial(t2)\n"
+    # the log monitor still takes such a line as the name of the lines after it (tests/tune/test_trial.py sees it)
+    assert "LOG_PREFIX_ACTOR_NAME" in inspect.getsource(log_monitor.LogMonitor)
+
+
+def test_tunes_tensorboard_hint_is_left_out_once_told(capsys):
+    import inspect
+
+    from ray.tune.experimental.output import AirVerbosity, ProgressReporter, TuneTerminalReporter
+
+    # the hint is still printed there, naming the tensorboard_path Tune gives
+    assert "tensorboard --logdir" in inspect.getsource(inspect.unwrap(ProgressReporter.experiment_started))
+    internals.drop_tensorboard_hint()
+    internals.drop_tensorboard_hint()  # idempotent: wraps Tune's method once
+    assert inspect.unwrap(ProgressReporter.experiment_started) is ProgressReporter.experiment_started.__wrapped__
+    TuneTerminalReporter(AirVerbosity.DEFAULT, num_samples=1).experiment_started(
+        experiment_name="s",
+        experiment_path="/storage/s",
+        searcher_str="OptunaSearch",
+        scheduler_str="ASHA",
+        total_num_samples=1,
+        tensorboard_path="/tmp/ray/session_x/artifacts/s/driver_artifacts",
+    )
+    out = capsys.readouterr().out
+    assert "View detailed results here: /storage/s" in out and "TensorBoard" not in out

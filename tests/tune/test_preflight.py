@@ -6,8 +6,9 @@ from pathlib import Path
 
 import yaml
 
+from genre_sweep.model.configs import HUB_DEFAULT
 from genre_sweep.tune.configs import PreflightConfig, RetrainConfig
-from genre_sweep.tune.preflight import cache_start, check_cluster_config, run_checks
+from genre_sweep.tune.preflight import cache_start, check_cluster_config, launch_default_notes, run_checks
 from genre_sweep.tune.preflight import main as preflight_main
 from tests.conftest import save_small_pretrained
 
@@ -109,13 +110,44 @@ def test_launch_without_a_reachable_dashboard_says_how_to_get_one(tmp_path, caps
             str(tmp_path),
             "--bucket",
             str(tmp_path / "b"),
-            "--address",
+            "--ray-address",
             "http://127.0.0.1:9",
         ]
     )
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot reach the Ray dashboard at http://127.0.0.1:9" in err and "ray dashboard" in err
+
+
+def test_preflight_says_where_its_defaults_are_not_launchs(tmp_path, capsys):
+    code = preflight_main(["--shards", str(tmp_path / "none"), "--storage", str(tmp_path / "s")])
+    out = capsys.readouterr().out
+    assert code == 2 and "FAIL  shards match the model" in out  # no shards there: the notes come all the same
+    assert [line for line in out.splitlines() if line.startswith("note:")] == [
+        f"note: --pretrained is small, preflight's default; launch's default is {HUB_DEFAULT}: pass the value you "
+        "will launch with",
+        "note: --cpus-per-trial is 1, preflight's default; launch's default is 4: pass the value you will launch with",
+        "note: --gpus-per-trial is 0, preflight's default; launch's default is 0.5: pass the value you will launch "
+        "with",
+    ]
+    as_launched = PreflightConfig(
+        shards="s", storage="t", pretrained=HUB_DEFAULT, cpus_per_trial=4, gpus_per_trial=0.5, ray_address="h:6379"
+    )
+    assert launch_default_notes(as_launched) == []  # and --ray-address, the same flag for another address, never
+
+
+def test_launch_prints_the_dashboard_with_the_command_giving_its_token():
+    from genre_sweep.config import resolve
+    from genre_sweep.tune.configs import LaunchConfig
+    from genre_sweep.tune.launch import instructions
+
+    cfg = resolve(
+        LaunchConfig,
+        {"cluster": "cluster.yaml", "source": "s3://b/gtzan", "bucket": "s3://b/gs", "ray_address": "http://h:8265"},
+    )
+    text = instructions(cfg, "job-1")
+    assert "Ray dashboard:  http://h:8265" in text and "`ray exec cluster.yaml 'ray get-auth-token'`" in text
+    assert "ray job logs --address http://h:8265 --follow job-1" in text
 
 
 def test_launch_refuses_a_trial_no_node_type_can_hold(tmp_path, capsys):

@@ -5,7 +5,7 @@ from genre_sweep.config import ConfigError
 from genre_sweep.tune.space import DEFAULT_SPACE, load_space
 
 
-def test_the_default_space_is_method_md_nine_hyperparameters():
+def test_the_default_space_is_the_method_s_nine_hyperparameters():
     space = load_space(None)
     d = space.distributions()
     assert set(d) == set(DEFAULT_SPACE) and len(d) == 9
@@ -55,7 +55,7 @@ def test_bad_space_files_are_named_with_the_problem(tmp_path, text, message):
 
 
 def test_the_prefix_cache_ends_below_every_trial_s_lowest_adapter(tmp_path):
-    assert load_space(None).lowest_adapted_layer() == 10  # method.md: layers 10 to 11
+    assert load_space(None).lowest_adapted_layer() == 10  # the method (docs/method.md): layers 10 to 11
     assert load_space(None).max_epochs() == 20
     path = tmp_path / "s.yaml"
     path.write_text("space:\n  encoder_min_layer_to_update: {type: categorical, choices: [11, 8, 9]}\n")

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from genre_sweep.config import resolve
+from genre_sweep.model.card import wilson
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.tune.configs import SweepConfig, SweepError
-from genre_sweep.tune.confirm import wilson
 from genre_sweep.tune.retrain import load_results, retrain_seed
+from genre_sweep.tune.sweep import command, run_sweep, watch_hints
 from genre_sweep.tune.sweep import main as sweep_main
-from genre_sweep.tune.sweep import run_sweep
 from tests.conftest import FAKE_SECRET
 
 
@@ -79,6 +80,12 @@ def test_a_small_sweep_prunes_confirms_its_top_two_over_seeds_and_names_each_tri
         "model/model.safetensors",
     ):
         assert (report / name).exists(), name
+    # the exported model's card: the exported seed's test figures with the interval, and the mean over both seeds
+    meta = yaml.safe_load((report / "model" / "README.md").read_text().split("---")[1])
+    results = [r["metrics"][0] for r in meta["model-index"][0]["results"]]
+    assert [r["type"] for r in results] == ["accuracy", "f1", "accuracy"], results
+    assert "on the test split" in results[0]["name"] and "95 % interval" in results[0]["name"]
+    assert "mean of 2 seeds" in results[2]["name"]
 
     # The confirmation: the search's top two configurations by their best epoch, each retrained with both seeds from
     # the record's template; the chosen one has the best mean; only its retrains were tested.
@@ -114,7 +121,9 @@ def test_a_small_sweep_prunes_confirms_its_top_two_over_seeds_and_names_each_tri
     assert "2 configurations x 2 seeds = 4 retrains in" in summary and "| **chosen** |" in summary
     assert f"on the test split ({retrained['test_clips']} clips" in summary and "95 % interval" in summary
     assert "clip macro-F1" in summary and "random by track" in summary and "artist" in summary
-    assert f"genre-sweep predict SONGS --model {storage}/s1/report/model" in summary
+    assert "genre-sweep predict SONGS --model model" in summary
+    for path in (p for p in report.rglob("*") if p.is_file()):  # every path the report names is relative to it
+        assert str(tmp_path).encode() not in path.read_bytes(), path
     assert 'pipeline("audio-classification"' in summary
     assert "test clip accuracy" in capsys.readouterr().out
 
@@ -416,15 +425,33 @@ def test_a_trial_given_a_gpu_it_cannot_use_fails_at_once_in_one_line(sweep_shard
     assert not list(tmp_path.glob("g/run_trial_*"))  # no trial started on the CPU
 
 
-def test_a_sweep_whose_every_trial_fails_ends_in_one_line(sweep_shards, tmp_path, capsys):
+def test_the_sweep_says_where_ray_users_look_for_its_trials(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve(SweepConfig, {"shards": "s", "storage": "sweeps", "name": "s1"})
+    ray_hint, tensorboard = watch_hints(cfg, "http://127.0.0.1:8265")
+    assert ray_hint.startswith("Ray dashboard: http://127.0.0.1:8265 (the trials are its GenreSweepTrial actors)")
+    assert ray_hint.endswith(f"for the token it asks for, run `{command('ray')} get-auth-token`")
+    # the sweep's own folder, where the trials' event files are (not Ray's temp folder)
+    assert tensorboard == f"TensorBoard: `{command('tensorboard')} --logdir {tmp_path / 'sweeps' / 's1'}`"
+    s3 = resolve(SweepConfig, {"shards": "s", "storage": "s3://bucket/sweeps", "name": "s1"})
+    assert watch_hints(s3, None) == [f"TensorBoard: `{command('tensorboard')} --logdir s3://bucket/sweeps/s1`"]
+    monkeypatch.setenv("PATH", "")  # a virtualenv that is not activated: its own copy, which is there
+    assert command("ray") == str(Path(sys.executable).parent / "ray") and Path(command("ray")).is_file()
+
+
+def test_a_sweep_whose_every_trial_fails_ends_in_one_line(sweep_shards, tmp_path, capsys, caplog):
     space = tmp_path / "space.yaml"
     space.write_text(  # the tiny model has layers 0-11: every trial's model build fails
         "space:\n  encoder_min_layer_to_update: null\n  num_train_epochs: null\n"
         "fixed:\n  encoder_min_layer_to_update: 12\n  num_train_epochs: 1\n"
     )
     args = sweep_args(sweep_shards, tmp_path, "f", space, 2, "--no-prefix-cache")
-    assert sweep_main([*args, "--retrain-seeds", "1"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    with caplog.at_level(logging.INFO, logger="genre_sweep"):
+        assert sweep_main([*args, "--retrain-seeds", "1"]) == 2
+    assert f"--logdir {tmp_path / 'f'}`" in caplog.text  # where TensorBoard finds the trials
+    out, err = capsys.readouterr()
+    assert "To visualize your results with TensorBoard" not in out + err  # Tune's hint, at Ray's temp folder
+    err = err.strip().splitlines()
     assert err[-1].startswith("error: no trial of") and "2 of 2 trials failed" in err[-1]
     assert "encoder_min_layer_to_update 12 must be in [0, 11]" in err[-1]
 
