@@ -954,8 +954,9 @@ def next_lines(cfg: RetrainConfig, record: SweepRecord) -> list[str]:
         f"optuna-dashboard {SQLITE}{STUDY_COPY}",
         "```",
         "",
-        "The first predicts songs with the exported model; the second uses it from Hugging Face transformers "
-        'alone (a file path needs ffmpeg; `{"raw": array, "sampling_rate": sr}` does not); the third searches '
+        "The first predicts songs with the exported model; the second names a song's genre by the same windows' "
+        "vote from Hugging Face transformers alone, with the folder's own pipeline (see model/README.md); the "
+        "third searches "
         "again with more trials, the same space ([space.yaml](space.yaml), this folder's copy of the record's, "
         "which `--space` reads back to the same space) and the same recorded settings, beside this sweep; the "
         f"fourth opens this folder's copy of the study. An interrupted sweep is finished with `--name {cfg.name} "

@@ -87,8 +87,8 @@ def base_checkpoint(folder):
 
 def songs_of_several_lengths(folder):
     """A song shorter than a window (256 frames: 2.56 s), one of one window, and stereo songs of several windows
-    (one at 44.1 kHz, which both resample) whose parts differ (a quiet tone, noise, clicks), so their windows
-    disagree and the vote is a real one."""
+    (OGG and MP3 at 44.1 kHz, which both decode and resample) whose parts differ (a quiet tone, noise, clicks), so
+    their windows disagree and the vote is a real one."""
     folder.mkdir()
     rng = np.random.default_rng(0)
 
@@ -104,14 +104,14 @@ def songs_of_several_lengths(folder):
 
     paths = []
     for name, parts, rate, channels in [
-        ("short", [("noise", 1.5)], 16000, 1),
-        ("one-window", [("tone", 1.0), ("noise", 1.56)], 16000, 1),
-        ("several", [("tone", 4.5), ("noise", 4.5)], 16000, 2),
-        ("several-44k", [("clicks", 3.5), ("noise", 3.8)], 44100, 2),
+        ("short.flac", [("noise", 1.5)], 16000, 1),
+        ("one-window.flac", [("tone", 1.0), ("noise", 1.56)], 16000, 1),
+        ("several.ogg", [("tone", 4.5), ("noise", 4.5)], 44100, 2),
+        ("several.mp3", [("clicks", 3.5), ("noise", 3.8)], 44100, 2),
     ]:
         wave = np.concatenate([part(kind, seconds, rate) for kind, seconds in parts])
         wave = np.stack([wave, 0.5 * wave], axis=1) if channels == 2 else wave
-        path = folder / f"{name}.flac"
+        path = folder / name
         sf.write(path, wave.astype(np.float32), rate)
         paths.append(str(path))
     return paths
@@ -176,7 +176,7 @@ def test_the_export_stands_alone_as_a_hub_folder_and_its_pipeline_agrees_with_pr
         assert (top["label"], top["votes"], top["windows"]) == (p["genre"], p["votes"], p["windows"]), song
         assert abs(top["confidence"] - p["confidence"]) < 1e-3 and top["score"] == p["votes"] / p["windows"]
         windows[song.rsplit("/", 1)[-1]] = p["windows"]
-    assert windows == {"short.flac": 1, "one-window.flac": 1, "several.flac": 20, "several-44k.flac": 20}
+    assert windows == {"short.flac": 1, "one-window.flac": 1, "several.ogg": 20, "several.mp3": 20}
     assert all(hf["songs"][s][0]["votes"] < 20 for s in songs[2:])  # the windows disagreed: a real vote
 
     # in a process with genre-sweep, the Auto classes know ours: no trust_remote_code
