@@ -48,6 +48,11 @@ def recorded_fields(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("recorded")]
 
 
+def new_default(cls: type, name: str) -> Any:
+    """What a new sweep takes for ``cls``'s recorded field ``name`` when it is not given."""
+    return next(f.metadata["new"] for f in dataclasses.fields(cls) if f.name == name)
+
+
 def new_defaults(config: C) -> C:
     """``config`` with every recorded field that was not given set to its default (a new sweep's values)."""
     unset = {
@@ -263,8 +268,15 @@ def _typed(cls: type, sourced: dict[str, tuple[Any, str]]) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     return {
-        name: _convert(hints[name], _yaml_word(fields[name], value), where) for name, (value, where) in sourced.items()
+        name: value if _a_choice(fields[name], value) else _convert(hints[name], _yaml_word(fields[name], value), where)
+        for name, (value, where) in sourced.items()
     }
+
+
+def _a_choice(f: dataclasses.Field, value: Any) -> bool:
+    """Whether ``value`` is one of the field's choices as written: ``--scheduler none`` is the choice ``none``, not
+    an optional field left unset."""
+    return isinstance(value, str) and value in (f.metadata.get("choices") or ())
 
 
 def replace_typed(config: C, values: dict[str, Any], where: str = "") -> C:

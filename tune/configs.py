@@ -7,16 +7,46 @@ the best configuration of a finished sweep, and a sweep adds the search's own.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from pathlib import Path
 
-from genre_sweep.config import check, field
+from genre_sweep.config import ConfigError, check, field
 from genre_sweep.errors import GenreSweepError
 from genre_sweep.model.configs import HUB_DEFAULT, METRICS, MODE_HELP, PRETRAINED_HELP, metric_mode
 from genre_sweep.store import StoreFlags, absolute, is_s3
+from genre_sweep.tune.ledger import check_budgets
 
 # a sweep's name is one folder under --storage: never `.`, `..` or a path
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# --sampler and --scheduler (tune/samplers.py, tune/schedulers.py)
+SAMPLERS = ("tpe", "gp", "cmaes", "qmc", "random")
+SCHEDULERS = ("asha", "hyperband", "median", "none")
+
+
+REPORT_TO = ("tensorboard", "mlflow", "wandb")
+EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # a destination that needs an extra -> the module the extra installs
+NONE = "none"  # --report-to none: no tracking at all
+
+
+def parse_report_to(value: str) -> tuple[str, ...]:
+    """The destinations ``--report-to`` names (comma-separated, ``none`` for none), each checked to be known and,
+    for MLflow and W&B, installed: ConfigError (one line, exit 2) naming the extra to install otherwise."""
+    names = tuple(dict.fromkeys(n.strip().lower() for n in value.split(",") if n.strip()))
+    if names == (NONE,):
+        return ()
+    unknown = [n for n in names if n not in REPORT_TO]
+    if unknown or not names:
+        raise ConfigError(
+            f"report_to must be a comma-separated list of {', '.join(REPORT_TO)} (or {NONE}), got {value!r}"
+        )
+    for name in names:
+        module = EXTRAS.get(name)
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"--report-to {name} needs {module}, which is not installed: pip install 'genre-sweep[{name}]'"
+            )
+    return names
 
 
 class SweepError(GenreSweepError, RuntimeError):
@@ -83,6 +113,25 @@ class RetrainConfig(StoreFlags):
         "the most each node's store may hold (GB): when the dataset and the prefix cache would not fit, the cache is "
         "off (one log line says so); unset: the node's free disk is the only bound",
     )
+    # where each trial's per-epoch metrics go, and the report and model at the end (tune/tracking.py)
+    report_to: str = field(
+        "tensorboard",
+        "where every trial's per-epoch metrics go, comma-separated: tensorboard, mlflow, wandb (or none); mlflow and "
+        "wandb also get the report and the exported model at the end, and need the extras genre-sweep[mlflow] and "
+        "genre-sweep[wandb]",
+    )
+    mlflow_uri: str | None = field(
+        None,
+        "MLflow tracking URI (a server, or sqlite:///path/mlflow.db); unset: $MLFLOW_TRACKING_URI, else MLflow's "
+        "default",
+    )
+    wandb_project: str | None = field(
+        None, "W&B project (runs grouped by the sweep's name); unset: $WANDB_PROJECT, else genre-sweep"
+    )
+    # the cost ledger's price (tune/ledger.py): trials.csv and summary.md turn GPU-hours into money with it
+    gpu_hour_price: float | None = field(
+        None, "money per GPU-hour: trials.csv and the summary's cost table give each trial's and each stage's cost"
+    )
 
     def __post_init__(self) -> None:
         # trials and the retrain run in other working directories: relative local paths would not resolve there
@@ -94,10 +143,15 @@ class RetrainConfig(StoreFlags):
         check(self.gpus_per_trial >= 0, f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
         check(self.retrain_seeds >= 1, f"retrain_seeds must be >= 1, got {self.retrain_seeds}")
         check(self.confirm_top >= 1, f"confirm_top must be >= 1, got {self.confirm_top}")
+        parse_report_to(self.report_to)  # a destination not installed: one line naming its extra, before Ray starts
         # argparse checks a flag's choices; a --config file's values are checked here
         check(self.metric in (None, *METRICS), f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         check(self.mode in (None, "max", "min"), f"mode must be max or min, got {self.mode!r}")
         check(self.node_disk_gb is None or self.node_disk_gb > 0, f"node_disk_gb must be > 0, got {self.node_disk_gb}")
+        check(
+            self.gpu_hour_price is None or self.gpu_hour_price >= 0,
+            f"gpu_hour_price must be >= 0, got {self.gpu_hour_price}",
+        )
         check(
             PLAIN_NAME.fullmatch(self.name) is not None,
             f"name must be a plain folder name (letters, digits, '.', '_', '-'; not starting with '.'), "
@@ -125,10 +179,10 @@ class RetrainConfig(StoreFlags):
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig(RetrainConfig):
-    """Search the DoRA-AST hyperparameters with Ray Tune, Optuna's TPE and ASHA by epoch, then confirm the best
-    configurations over seeds, test the chosen one and write the report. The sweep's folder holds its record (the
-    dataset's fingerprint, the space, the objective and the complete training config every trial starts from);
-    --resume finishes an interrupted sweep from that record."""
+    """Search the DoRA-AST hyperparameters with Ray Tune, an Optuna sampler (TPE) and a scheduler (ASHA) by epoch,
+    then confirm the best configurations over seeds, test the chosen one and write the report. The sweep's folder
+    holds its record (the dataset's fingerprint, the space, the objective and the complete training config every
+    trial starts from); --resume finishes an interrupted sweep from that record."""
 
     # trials, max_concurrent_trials and max_failures are recorded because Tune restores them on --resume: a resume
     # finishes the sweep as it was started, and a different value, which would be silently ignored, is refused
@@ -142,12 +196,68 @@ class SweepConfig(RetrainConfig):
         "cluster can scale to and asks the autoscaler for it up front; unset: a `ray up` head's own bootstrap "
         "config, else the nodes up now",
     )
-    grace_period: int | None = field(1, "ASHA: epochs before a trial can be stopped", recorded=True)
-    reduction_factor: float | None = field(3.0, "ASHA: keep the top 1/reduction_factor at each rung", recorded=True)
-    max_t: int | None = field(None, "ASHA: most epochs; unset: the largest epoch count in the space", recorded=True)
+    sampler: str | None = field(
+        "tpe",
+        "Optuna's sampler, seeded by --seed: tpe (multivariate TPE; with trials at once, the constant liar), gp "
+        "(Gaussian process), cmaes (CMA-ES; categorical parameters at random), qmc (scrambled Sobol) or random",
+        recorded=True,
+        choices=list(SAMPLERS),
+    )
+    scheduler: str | None = field(
+        "asha",
+        "what stops trials early, by epoch: asha, hyperband (asynchronous, up to 3 brackets), median (the median "
+        "stopping rule) or none (every trial trains all its epochs); a stopped trial is PRUNED in the study",
+        recorded=True,
+        choices=list(SCHEDULERS),
+    )
+    grace_period: int | None = field(1, "asha, hyperband, median: epochs before a trial can be stopped", recorded=True)
+    reduction_factor: float | None = field(
+        3.0, "asha, hyperband: keep the top 1/reduction_factor at each rung", recorded=True
+    )
+    max_t: int | None = field(
+        None, "asha, hyperband: most epochs; unset: the largest epoch count in the space", recorded=True
+    )
     max_failures: int | None = field(
         2, "retries of a crashed trial (a trial whose settings cannot train is not retried)", recorded=True
     )
+    # what a new sweep's study starts with (tune/warm.py, docs/sweep.md#starting-from-what-is-known)
+    warm_start: str | None = field(
+        None,
+        "a previous study whose finished trials (complete, and pruned with their epochs) that fit this space are added "
+        "to this one's before the search, so the sampler starts informed: a sweep folder (local or s3://) or an Optuna "
+        "storage URL with the study's name after #, e.g. sqlite:///old.db#mysweep",
+        recorded=True,
+    )
+    enqueue: str | None = field(
+        None,
+        "YAML list of configurations (mappings of searched hyperparameter: value) tried first, after the recipe "
+        "trial; a hyperparameter an entry leaves out is drawn by the sampler",
+        recorded=True,
+    )
+    recipe_trial: bool | None = field(
+        True,
+        "the first trial runs the recipe (the train job's defaults of the searched hyperparameters; where one is "
+        "outside the space, its nearest value there), and the confirmation retrains it beside the search's best",
+        recorded=True,
+    )
+    # budgets and stop rules (tune/budget.py): not recorded, so --resume with a larger budget goes on
+    time_budget: str | None = field(
+        None,
+        "end the search after this much wall time from the sweep's start, counted across resumes: seconds, or 90s, "
+        "45m, 2h; no new trial starts, running ones finish their epoch (pruned), the confirmation runs on what was "
+        "found",
+    )
+    gpu_hours: float | None = field(
+        None, "end the search (as --time-budget) once its trials used this many GPU-hours (GPU fraction x running time)"
+    )
+    stop_at: float | None = field(
+        None, "end the search (as --time-budget) once an epoch's objective reaches this value (in --mode's direction)"
+    )
+    patience: int | None = field(
+        None,
+        "end the search (as --time-budget) once the best has not improved by --min-delta in this many finished trials",
+    )
+    min_delta: float = field(0.0, "--patience: the best must improve by more than this to count")
     resume: bool = field(False, "finish an interrupted sweep of the same name, from its record")
     retrain: bool = field(True, "confirm the best configurations, test the chosen one and write the report at the end")
 
@@ -162,10 +272,22 @@ class SweepConfig(RetrainConfig):
             f"reduction_factor must be > 1, got {self.reduction_factor}",
         )
         check(self.max_t is None or self.max_t >= 1, f"max_t must be >= 1, got {self.max_t}")
+        # argparse checks a flag's choices; a --config file's values are checked here
+        check(self.sampler in (None, *SAMPLERS), f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        check(
+            self.scheduler in (None, *SCHEDULERS),
+            f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}",
+        )
         check(
             self.max_concurrent_trials is None or self.max_concurrent_trials >= 1, "max_concurrent_trials must be >= 1"
         )
         check(self.resume or bool(self.shards), "missing required --shards (a new sweep needs its dataset)")
+        check_budgets(self)
+        # read from other working directories (a resume, retrain): local paths made absolute, a study's URL as given
+        if self.warm_start and (is_s3(self.warm_start) or "://" not in self.warm_start.removeprefix("file://")):
+            object.__setattr__(self, "warm_start", absolute(self.warm_start))
+        if self.enqueue:
+            object.__setattr__(self, "enqueue", absolute(self.enqueue))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,9 @@ class Candidate:
     params: dict[str, Any]
     value: float
     epoch: int
+    # the recipe trial's configuration (tune.warm), to compare with: "top" when the search ranked it among its best,
+    # "added" when it was confirmed besides them; "" for any other
+    recipe: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +105,29 @@ class Confirmation:
         n = len(per_clip)
         clip_term = t95(n - 1) * statistics.stdev(per_clip) / math.sqrt(n) if n > 1 else math.inf
         return Noise(clip_term, welch_halfwidth(self.values(self.chosen.trial), self.values(trial)))
+
+    @property
+    def recipe(self) -> Candidate | None:
+        """The recipe trial's candidate, when it was confirmed."""
+        return next((c for c in self.candidates if c.recipe), None)
+
+    def versus_recipe(self) -> dict[str, Any] | None:
+        """The chosen configuration against the recipe's: their means over the seeds, the difference (chosen minus
+        recipe), the noise band of that difference and whether the difference is within it; None without a recipe."""
+        recipe, chosen = self.recipe, self.chosen
+        if recipe is None:
+            return None
+        difference = self.mean(chosen.trial) - self.mean(recipe.trial)
+        band = 0.0 if recipe is chosen else self.noise(recipe.trial).band
+        return {
+            "trial": recipe.trial,
+            "chosen": chosen.trial,
+            "mean": self.mean(recipe.trial),
+            "chosen_mean": self.mean(chosen.trial),
+            "difference": difference,
+            "band": band,
+            "within_noise": recipe is chosen or not abs(difference) > band,  # equal means too; NaN: noise
+        }
 
     def within_noise(self) -> list[Candidate]:
         """The other candidates whose mean differs from the chosen one's by less than the noise."""

@@ -1,13 +1,14 @@
 """Every use of Ray's and Optuna's private attributes, in one place, each failing loudly when an upgrade changes it.
 
 Ray gives no public way to do nine things the sweep needs: tell OptunaSearch's study a trial's final state
-itself (to record ASHA-stopped trials as PRUNED), save and restore ASHA's rungs (Tune saves no scheduler
-state), hand a restored Tuner its scheduler back, validate a cluster config offline the way `ray up`
-does, stop a running ``Tuner.fit`` gracefully on SIGTERM as on Ctrl-C, and keep the driver's AWS credentials
-out of the runtime environment Tune gives every trial (Ray's runtime-env agent logs it in plain text), let
+itself (to record ASHA-stopped trials as PRUNED), save and restore ASHA's rungs and the median stopping rule's
+results (Tune saves no scheduler state), hand a restored Tuner its scheduler back, validate a cluster config offline
+the way `ray up` does, stop a running ``Tuner.fit`` gracefully on SIGTERM as on Ctrl-C, and keep the driver's AWS
+credentials out of the runtime environment Tune gives every trial (Ray's runtime-env agent logs it in plain text), let
 a resumed sweep's retention pass over checkpoints its killed driver had already deleted, forward a reused trial
-actor's log lines under the trial it runs now, and leave out Tune's TensorBoard hint (a folder the trials' event
-files are not in). Each
+actor's log lines under the trial it runs now, leave out Tune's TensorBoard hint (a folder the trials' event
+files are not in), let a search a stop rule ended go on when resumed with a larger budget, and add loggers to a
+Tuner (made or restored) and run W&B's per-trial logging actors in the driver's W&B environment. Each
 accessor checks the attribute's presence and shape and raises ``LibraryChanged`` naming it;
 ``tests/tune/test_internals.py`` runs them all against the installed Ray and Optuna in a second.
 """
@@ -110,6 +111,26 @@ def set_bracket_rungs(bracket: Any, recorded: dict[float, dict[str, float]]) -> 
     bracket._rungs = [(m, dict(recorded.get(float(m), {}))) for m, _ in rungs]
 
 
+# --- Ray Tune's MedianStoppingRule: each trial's results, and the metric it compares -------------------------
+
+
+def median_results(scheduler: Any) -> dict[Any, list[dict[str, Any]]]:
+    """A ``MedianStoppingRule``'s results so far (``_results``: trial -> its result dicts, in order); writable. Ray
+    keys it by ``Trial``; any other hashable key (a restored trial's id) counts as one more trial to compare with."""
+    results = _attr(scheduler, "_results", dict)
+    if not all(isinstance(v, list) for v in results.values()):
+        raise LibraryChanged(
+            f"{type(scheduler).__name__}._results no longer maps trials to lists of results; "
+            "genre_sweep/tune/internals.py needs updating for the installed Ray"
+        )
+    return results
+
+
+def median_metric(scheduler: Any) -> str:
+    """The metric a ``MedianStoppingRule`` compares (``_metric``, set by Tune from ``TuneConfig``)."""
+    return _attr(scheduler, "_metric", str)
+
+
 # --- Ray Tune's Tuner: the scheduler of a restored experiment -----------------------------------------------
 
 
@@ -124,6 +145,23 @@ def set_restored_scheduler(tuner: Any, scheduler: Any) -> None:
 def restored_scheduler(tuner: Any) -> Any:
     """The scheduler a tuner will run with (what ``set_restored_scheduler`` set)."""
     return _attr(_attr(_attr(tuner, "_local_tuner", object), "_tune_config", object), "scheduler", object)
+
+
+def tuner_callbacks(tuner: Any) -> list[Any]:
+    """The callbacks a tuner's ``fit`` runs with (its run config's, made a list when it has none), writable: a
+    logger added here (``tune.tracking``) is not in the state Tune saved when the tuner was made or restored."""
+    config = _attr(_attr(tuner, "_local_tuner", object), "_run_config", object)
+    if _attr(config, "callbacks", (list, type(None))) is None:
+        config.callbacks = []
+    return config.callbacks
+
+
+def wandb_logging_actor() -> type:
+    """Ray's per-trial W&B logging actor (``_WandbLoggingActor``), which ``WandbLoggerCallback`` starts from its
+    ``_logger_actor_cls``: a subclass set there runs in the driver's W&B environment (``tune.tracking``)."""
+    module = _module("ray.air.integrations.wandb")
+    _attr(module.WandbLoggerCallback, "_logger_actor_cls", type)
+    return _attr(module, "_WandbLoggingActor", type)
 
 
 # --- Ray's autoscaler: a cluster config with its defaults, validated offline as `ray up` does ---------------
@@ -267,3 +305,34 @@ def drop_tensorboard_hint() -> None:
 
     without_hint.drops_tensorboard_hint = True  # type: ignore[attr-defined]
     reporter.experiment_started = without_hint  # type: ignore[union-attr]
+
+
+# --- Ray Tune's search generator: a search that a stop rule ended, restored -----------------------------------
+
+
+def reopen_stopped_search() -> None:
+    """A stop rule's ``stop_all`` (``tune.budget``) makes Tune mark its search finished
+    (``SearchGenerator.set_finished``), and a restored experiment keeps that flag (``_finished`` in its saved state):
+    ``Tuner.restore(...).fit()`` would then start no trial, whatever trials the sweep has left (tested). Make a
+    restored search generator finished only when it has created all its trials
+    (``ray.tune.search.search_generator.SearchGenerator.set_state``); nothing else marks our search finished early
+    (a Ctrl-C does not)."""
+    generator = getattr(_module("ray.tune.search.search_generator"), "SearchGenerator", None)
+    set_state = getattr(generator, "set_state", None)
+    if getattr(set_state, "reopens", False):
+        return
+    if not callable(set_state):
+        raise LibraryChanged(
+            "ray.tune.search.search_generator.SearchGenerator.set_state is gone; "
+            "genre_sweep/tune/internals.py needs updating for the installed Ray"
+        )
+
+    def set_state_reopened(self: Any, state: dict[str, Any]) -> None:
+        set_state(self, state)
+        finished, created, total = (_attr(self, a, (bool, int)) for a in ("_finished", "_counter", "_total_samples"))
+        if finished and created < total:
+            self._finished = False
+
+    set_state_reopened.reopens = True  # type: ignore[attr-defined]
+    set_state_reopened.wrapped = set_state  # type: ignore[attr-defined]
+    generator.set_state = set_state_reopened  # type: ignore[union-attr]

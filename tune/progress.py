@@ -19,7 +19,7 @@ from ray import tune
 
 from genre_sweep.model.configs import score
 from genre_sweep.store import StoreOptions, storage_full
-from genre_sweep.tune import internals
+from genre_sweep.tune import budget, internals
 from genre_sweep.tune.state import COPY_EVERY_S, keep_whole_copies
 from genre_sweep.tune.trial import TRIAL_ERROR
 
@@ -38,9 +38,17 @@ def _short(value: Any) -> str:
 
 class SweepProgress(tune.Callback):
     def __init__(
-        self, metric: str, mode: str, trials: int, default_epochs: int, root: str, options: StoreOptions
+        self,
+        metric: str,
+        mode: str,
+        trials: int,
+        default_epochs: int,
+        root: str,
+        options: StoreOptions,
+        stopper: str = "ASHA",
     ) -> None:
         self.metric, self.mode, self.trials, self.default_epochs = metric, mode, trials, default_epochs
+        self.stopper = stopper  # what stops trials early (--scheduler), as the end-of-trial line names it
         self.root, self.options = root, options  # the sweep's folder, whose Tune state gets a whole copy kept
         self.copied = 0.0  # when it was last copied (monotonic)
         self.started = self.done = 0
@@ -97,12 +105,15 @@ class SweepProgress(tune.Callback):
         value = trial.metric_analysis.get(self.metric, {}).get(self.mode)
         if value is not None and (self.best is None or score(value, self.mode) > score(self.best[0], self.mode)):
             self.best = (value, trial.trial_id)
-        how = "complete" if epochs >= planned else f"stopped by ASHA after {epochs} of {planned} epochs"
+        stopper = getattr(self, "stopper", "ASHA")  # (absent from a callback pickled before it existed)
+        stopper = budget.stopped_by(trial.trial_id) or stopper  # a stop rule's, once one fired (tune/budget.py)
+        how = "complete" if epochs >= planned else f"stopped by {stopper} after {epochs} of {planned} epochs"
         best = f"best so far {self.best[0]:.3f} (trial {self.best[1]})" if self.best else "no result yet"
         shown = "none" if value is None else f"{value:.3f}"
         overhead = self.overheads.get(trial.trial_id)
+        cost = budget.progress_note(self.trials)  # GPU-hours so far, and projected for all trials
         log.info(
-            "trial %s %s: best %s %s; %d of %d trials done, %s%s",
+            "trial %s %s: best %s %s; %d of %d trials done, %s%s%s",
             trial.trial_id,
             how,
             self.metric,
@@ -111,6 +122,7 @@ class SweepProgress(tune.Callback):
             self.trials,
             best,
             "" if overhead is None else f" (its first step came {overhead:.1f} s after Tune started it)",
+            f"; {cost}" if cost else "",
         )
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:

@@ -24,12 +24,13 @@ import pyarrow.fs as pafs
 import sqlalchemy
 
 from genre_sweep import __version__
-from genre_sweep.config import ConfigError, new_defaults, recorded_fields, replace_typed, resolve
+from genre_sweep.config import ConfigError, new_default, new_defaults, recorded_fields, replace_typed, resolve
 from genre_sweep.data.shards import Dataset
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.data import dataset_fingerprint
 from genre_sweep.store import StoreError, filesystem, join, read_bytes, write_to
 from genre_sweep.tune.configs import RetrainConfig, SweepConfig, SweepError
+from genre_sweep.tune.schedulers import label, refuse_unused_flags
 from genre_sweep.tune.space import SearchSpace, load_space
 
 RECORD = "genre-sweep.json"
@@ -73,12 +74,14 @@ def new_sweep(cfg: SweepConfig) -> tuple[SweepConfig, SearchSpace]:
     """A new sweep's config with every recorded setting resolved (defaults where not given; ``max_t`` from the
     space), and its space, read once from ``--space``."""
     space = load_space(cfg.space)
+    refuse_unused_flags(cfg)  # e.g. --reduction-factor with --scheduler median: recorded, and doing nothing
     cfg = new_defaults(cfg)
     cfg = dataclasses.replace(cfg, mode=cfg.direction, max_t=cfg.max_t or space.max_epochs())
     if cfg.grace_period > cfg.max_t:  # ASHA would refuse it with an AssertionError once Ray is up
         raise ConfigError(
             f"--grace-period {cfg.grace_period} is above the most epochs a trial runs ({cfg.max_t}: "
-            f"{'--max-t' if cfg.max_t != space.max_epochs() else 'the space'}); ASHA could never stop a trial"
+            f"{'--max-t' if cfg.max_t != space.max_epochs() else 'the space'}); {label(cfg.scheduler)} could never "
+            "stop a trial"
         )
     return cfg, space
 
@@ -162,7 +165,8 @@ def reconcile(cfg: C, record: SweepRecord, dataset: Dataset, action: str) -> C:
     the recorded value and the given one."""
     taken = {}
     for name in recorded_fields(type(cfg)):
-        given, recorded = getattr(cfg, name), record.settings[name]
+        # a setting added since the record was written takes its default, which is what sweeps did then
+        given, recorded = getattr(cfg, name), record.settings.get(name, new_default(type(cfg), name))
         if given is not None and given != recorded:
             raise SweepError(
                 f"{action}: --{name.replace('_', '-')} {given} contradicts the sweep record of {cfg.root}, which has "

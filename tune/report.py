@@ -48,10 +48,12 @@ from genre_sweep.model.configs import score  # noqa: E402
 from genre_sweep.model.evaluate import per_genre_scores, plot_confusion  # noqa: E402
 from genre_sweep.model.export import export_model  # noqa: E402
 from genre_sweep.store import StoreOptions, absolute, filesystem, is_s3, join, write_atomic, write_bytes  # noqa: E402
+from genre_sweep.tune import ledger as costs  # noqa: E402
 from genre_sweep.tune.configs import RetrainConfig  # noqa: E402
 from genre_sweep.tune.confirm import Confirmation  # noqa: E402
 from genre_sweep.tune.record import SweepRecord  # noqa: E402
 from genre_sweep.tune.study import SQLITE  # noqa: E402
+from genre_sweep.tune.warm import known_lines, known_paths, own_trials, recipe_lines, trial_columns  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,8 @@ MIN_COMPLETE_FOR_IMPORTANCE = 6  # and two per searched hyperparameter
 MIN_COMPLETE_FOR_PARAMS = 2  # parallel coordinates and slices: one complete trial shows no relation
 TOP_K = 5  # trials in summary.md's table, and named in learning_curves.png's legend (the chosen one besides)
 DPI = 120
-PATH_KEYS = ("shards", "pretrained")  # the entries of the report's JSON that may name a local path
+# the entries of the report's JSON that may name a local path
+PATH_KEYS = ("shards", "pretrained", "warm_start", "enqueue")
 STUDY_COPY = "optuna.db"
 
 
@@ -144,7 +147,7 @@ def card_facts(inputs: ReportInput, frames: int, mel_bins: int) -> CardFacts:
         data=(
             f"{len(inputs.genres)} genres of clips prepared by `genre-sweep prepare` (log-mel fbank windows of "
             f"{frames} frames x {mel_bins} mel bins at 16 kHz), split by track into train, validation and test; "
-            f"the test split was used once, for the configuration the sweep chose over {len(inputs.study.trials)} "
+            f"the test split was used once, for the configuration the sweep chose over {len(own_trials(inputs.study))} "
             "trials."
         ),
         fingerprint=inputs.record.dataset.get("fingerprint"),
@@ -188,8 +191,12 @@ def write_report_files(report: Path, inputs: ReportInput) -> None:
     )
     write_atomic(report / "sweep_record.json", record_copy(record, place))
     write_atomic(report / "space.yaml", record.search_space.as_yaml())
-    rows = [{**r, "fail_reason": place.text(r["fail_reason"])} for r in trials_table(study, cfg.direction)]
-    write_csv(rows, report / "trials.csv")
+    rows = [
+        {**r, "fail_reason": place.text(r["fail_reason"]), **known_paths(r, place.path)}
+        for r in trials_table(study, cfg.direction)
+    ]
+    spent = costs.load(costs.ledger_uri(cfg.root), cfg.options)  # each trial's cost (tune/ledger.py)
+    write_csv(costs.trial_columns(rows, spent, cfg.gpu_hour_price), report / "trials.csv")
     plots, notes = write_plots(report, study, cfg.metric, cfg.direction, chosen.trial, asha_rungs(record.settings))
     save_study(study, report / STUDY_COPY, place)
     files = ["best_config.json", "trials.csv", "retrain.json", "test_metrics.json", "confusion.png"]
@@ -303,6 +310,7 @@ def retrain_summary(tested: dict[str, Any], confirmation: Confirmation) -> dict[
                 for c in confirmation.candidates
             ],
             "runs": [dataclasses.asdict(r) for r in confirmation.runs],
+            "recipe": confirmation.versus_recipe(),  # the chosen configuration against the recipe's (tune.warm)
         },
     }
 
@@ -354,6 +362,10 @@ TABLE_FIRST = (
     "epochs_run",
     "study_value",
     "fail_reason",
+    "recipe",
+    "enqueued",
+    "warm_start",
+    "warm_trial",
 )
 
 
@@ -377,6 +389,7 @@ def trials_table(study: optuna.Study, mode: str) -> list[dict[str, Any]]:
                 "epochs_run": len(t.intermediate_values),  # every epoch is reported, the last included
                 "study_value": t.value,
                 "fail_reason": t.user_attrs.get("fail_reason", ""),
+                **trial_columns(t),  # the recipe, an --enqueue entry, or a --warm-start trial (tune.warm)
                 **{f"param_{k}": v for k, v in t.params.items()},
             }
         )
@@ -434,9 +447,9 @@ def write_plots(
         (
             "learning_curves.png",
             f"Every trial's validation {metric} per epoch: the chosen trial in black and the search's next best in "
-            "colour, named in the legend; other complete trials thin blue, pruned ones grey and dashed (x where ASHA "
-            "stopped them), failed ones red. Each trial is shifted a little along the epochs so that equal curves "
-            "stay apart; dotted lines are ASHA's rungs.",
+            "colour, named in the legend; other complete trials thin blue, pruned ones grey and dashed (x where the "
+            "scheduler stopped them), failed ones red. Each trial is shifted a little along the epochs so that equal "
+            "curves stay apart; dotted lines are ASHA's rungs (with --scheduler asha or hyperband).",
             lambda: learning_curves_figure(trial_curves(study), metric, mode, chosen, rungs),
         ),
         (
@@ -562,7 +575,7 @@ def trial_curves(study: optuna.Study) -> list[Curve]:
     """Each trial's per-epoch values as the study holds them (the searcher reports every epoch), in the study's
     order; trials that reported none are left out."""
     curves = []
-    for t in study.trials:
+    for t in own_trials(study):  # not --warm-start's (tune.warm)
         epochs = sorted(t.intermediate_values)
         if epochs:
             name = t.user_attrs.get("trial", str(t.number))
@@ -575,7 +588,7 @@ CURVE_STYLES: dict[str, dict[str, Any]] = {  # the trials not named in the legen
     "PRUNED": {"color": "0.55", "linewidth": 0.8, "alpha": 0.6, "linestyle": "--", "zorder": 1},
     "FAIL": {"color": "tab:red", "linewidth": 0.8, "alpha": 0.6, "linestyle": ":", "zorder": 1},
 }
-GROUPS = {"COMPLETE": "other complete trials", "PRUNED": "pruned by ASHA (x: where)", "FAIL": "failed"}
+GROUPS = {"COMPLETE": "other complete trials", "PRUNED": "pruned (x: where)", "FAIL": "failed"}
 JITTER = 0.3  # the spread of the trials' shifts along the epochs
 
 
@@ -707,9 +720,10 @@ def importances_figure(study: optuna.Study, metric: str) -> Figure | str:
 
 def asha_rungs(settings: dict[str, Any]) -> list[float]:
     """The epochs where ASHA compared trials: Ray's one bracket, grace period x reduction factor^k up to max_t (as
-    ``ray.tune.schedulers.async_hyperband._Bracket`` counts them); none when the settings lack them."""
+    ``ray.tune.schedulers.async_hyperband._Bracket`` counts them; Hyperband's later brackets use some of the same);
+    none when the settings lack them, or the sweep's scheduler has no rungs (median, none)."""
     grace, factor, most = settings.get("grace_period"), settings.get("reduction_factor"), settings.get("max_t")
-    if not (grace and factor and most) or factor <= 1:
+    if settings.get("scheduler", "asha") not in ("asha", "hyperband") or not (grace and factor and most) or factor <= 1:
         return []
     count = int(np.log(most / grace) / np.log(factor) + 1)
     return [grace * factor**k for k in range(count)]
@@ -736,6 +750,8 @@ def summary_markdown(
     lines += confirmation_lines(cfg, confirmation, inputs.tested)
     lines += configuration_lines(confirmation, config)
     lines += trials_lines(inputs)
+    spent = costs.load(costs.ledger_uri(cfg.root), cfg.options)  # the stop rule that ended the search, the costs
+    lines += costs.stop_lines(spent) + costs.cost_lines(spent, cfg.gpu_hour_price)
     lines += plot_lines(plots, notes)
     lines += [
         "## Caveats",
@@ -759,7 +775,7 @@ def result_lines(confirmation: Confirmation, tested: dict[str, Any]) -> list[str
     if len(confirmation.candidates) > 1:
         how = (
             f"the best mean validation {metric} ({better} is better) over {seeds} seed{'s' if seeds > 1 else ''} "
-            f"among the search's top {len(confirmation.candidates)} (see Confirmation)"
+            f"among the {len(confirmation.candidates)} confirmed (see Confirmation)"
         )
     else:
         how = (
@@ -816,10 +832,12 @@ def per_genre_lines(pooled: dict[str, Any]) -> list[str]:
 def confirmation_lines(cfg: RetrainConfig, confirmation: Confirmation, tested: dict[str, Any]) -> list[str]:
     chosen, metric = confirmation.chosen, confirmation.metric
     seeds = len(tested["seeds"])
+    best = sum(c.recipe != "added" for c in confirmation.candidates)  # the recipe's, when not among them (tune.warm)
+    recipe = " and the recipe's" if any(c.recipe == "added" for c in confirmation.candidates) else ""
     lines = [
         "## Confirmation",
         "",
-        f"The search's best {len(confirmation.candidates)} configurations (by their best epoch's validation {metric}), "
+        f"The search's best {best} configurations (by their best epoch's validation {metric}){recipe}, "
         f"each retrained with seeds {', '.join(map(str, tested['seeds']))} from the sweep record's trial template:",
         "",
         f"| | trial | search: {metric} (epoch) | retrained: mean ± std | per seed |",
@@ -828,6 +846,7 @@ def confirmation_lines(cfg: RetrainConfig, confirmation: Confirmation, tested: d
     tied = confirmation.within_noise()
     for c in confirmation.candidates:
         mark = "**chosen**" if c is chosen else ("within noise" if c in tied else "")
+        mark += (", " if mark else "") + "recipe" if c.recipe else ""  # the train job's defaults (tune.warm)
         per_seed = ", ".join(f"{v:.3f}" for v in confirmation.values(c.trial))
         lines.append(
             f"| {mark} | `{c.trial}` | {c.value:.4f} ({c.epoch}) | {confirmation.mean(c.trial):.4f} ± "
@@ -837,6 +856,7 @@ def confirmation_lines(cfg: RetrainConfig, confirmation: Confirmation, tested: d
         "",
         confirmation.verdict(),
         "",
+        *recipe_lines(confirmation),
         f"Cost: {len(confirmation.candidates)} configurations x {seeds} seeds = {len(confirmation.runs)} retrains in "
         f"{confirmation.seconds:.1f} s of wall time (each on a trial's resources: {cfg.cpus_per_trial:g} CPU + "
         f"{cfg.gpus_per_trial:g} GPU, as many at once as the cluster holds), then the chosen one's {seeds} tests.",
@@ -860,18 +880,21 @@ def configuration_lines(confirmation: Confirmation, config: dict[str, Any]) -> l
 
 def trials_lines(inputs: ReportInput) -> list[str]:
     counts: dict[str, int] = {}
-    for t in inputs.study.trials:
+    for t in own_trials(inputs.study):  # --warm-start's are said apart (tune.warm)
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     lines = [
         "## Trials",
         "",
         f"{sum(counts.values())} trials: {', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))} "
-        "(pruned: stopped early by ASHA). [trials.csv](trials.csv) names each trial as the progress lines do, with "
-        "its study `number` (how Optuna's plots and optuna-dashboard name it), its best epoch's value (`best_value`, "
-        "what the confirmation ranks by) and its last epoch's (`last_value`); the study's own value (`study_value`) "
-        "is the best epoch for a complete trial and the last epoch for a pruned one, which is Optuna's rule.",
+        "(pruned: stopped early by the sweep's scheduler, or by a stop rule: see Cost). [trials.csv](trials.csv) "
+        "names each trial as the progress "
+        "lines do, with its study `number` (how Optuna's plots and optuna-dashboard name it), its best epoch's value "
+        "(`best_value`, what the confirmation ranks by) and its last epoch's (`last_value`); the study's own value "
+        "(`study_value`) is the best epoch for a complete trial and the last epoch for a pruned one, which is "
+        "Optuna's rule.",
         "",
     ]
+    lines += known_lines(inputs.study, Place.of(inputs.cfg).path)
     lines += top_trials_lines(inputs)
     if inputs.failed:
         place = Place.of(inputs.cfg)
@@ -884,7 +907,7 @@ def top_trials_lines(inputs: ReportInput, k: int = TOP_K) -> list[str]:
     """The search's best ``k`` trials by their best epoch (as the confirmation ranks them), with their searched
     values and what the confirmation made of them."""
     mode, confirmation = inputs.cfg.direction, inputs.confirmation
-    scored = [(t, *best_and_last(t, mode)[:2]) for t in inputs.study.trials]
+    scored = [(t, *best_and_last(t, mode)[:2]) for t in own_trials(inputs.study)]
     scored = [(t, v, e) for t, v, e in scored if v is not None and math.isfinite(v)]
     top = sorted(scored, key=lambda s: -score(s[1], mode))[:k]
     if not top:
@@ -902,6 +925,7 @@ def top_trials_lines(inputs: ReportInput, k: int = TOP_K) -> list[str]:
     for t, value, epoch in top:
         name = t.user_attrs.get("trial", "")
         mark = "**chosen**" if name == confirmation.chosen.trial else ("confirmed" if name in candidates else "")
+        mark += (", " if mark else "") + "recipe" if t.user_attrs.get("recipe") else ""
         values = [format_value(t.params[p]) if p in t.params else "" for p in params]
         lines.append(
             f"| {mark} | `{name}` | {t.number} | {value:.4f} ({epoch}) | {t.state.name.lower()} | "
@@ -927,14 +951,16 @@ def next_sweep(cfg: RetrainConfig, record: SweepRecord) -> str:
     """The command of a larger sweep of the same space (``space.yaml``: the report's copy of the record's space),
     objective, model and settings, run in the report's folder: its paths are relative to it."""
     place = Place.of(cfg)
-    settings = {k: v for k, v in record.settings.items() if k not in ("trials", "max_concurrent_trials")}
+    # what this sweep started from is not the next one's: it starts from this sweep's trials (--warm-start)
+    left_out = ("trials", "max_concurrent_trials", "warm_start", "enqueue", "recipe_trial")
+    settings = {k: v for k, v in record.settings.items() if k not in left_out}
     settings = named_paths(settings, place)  # a --pretrained checkpoint's folder, say
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v is not None)
     trials = 2 * int(record.settings.get("trials") or 35)
     shards = place.path(cfg.shards or record.dataset["shards"])
     return (
         f"genre-sweep sweep --shards {shards} --storage {place.storage(cfg)} --name {cfg.name}-more "
-        f"--trials {trials} --space space.yaml {flags}"
+        f"--trials {trials} --space space.yaml --warm-start {place.path(absolute(cfg.root))} {flags}"
     )
 
 

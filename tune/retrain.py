@@ -37,10 +37,13 @@ from genre_sweep.store import filesystem
 from genre_sweep.tune import lease
 from genre_sweep.tune.configs import RetrainConfig, SweepError
 from genre_sweep.tune.confirm import Candidate, Confirmation, Run, top_candidates
+from genre_sweep.tune.ledger import record_stage
 from genre_sweep.tune.preflight import before_sweep, cache_start
 from genre_sweep.tune.record import WHERE, SweepRecord
 from genre_sweep.tune.report import write_report
+from genre_sweep.tune.tracking import log_report
 from genre_sweep.tune.trial import TRIAL_ERROR, run_trial, train_on_node
+from genre_sweep.tune.warm import with_recipe
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ def retrain_seed(config: TrainConfig, source: NodeData) -> dict[str, Any]:
     there, and its trained weights."""
     from genre_sweep.model.train import clip_scores, predict_logits, split_inputs
 
+    began = time.perf_counter()  # its running time, for the cost ledger (tune/ledger.py)
     worker_logging()  # each epoch's line reaches the driver's output (and `ray job logs`)
     with tempfile.TemporaryDirectory() as tmp:
         result, data = train_on_node(dataclasses.replace(config, out=str(Path(tmp) / "run")), source)
@@ -112,6 +116,7 @@ def retrain_seed(config: TrainConfig, source: NodeData) -> dict[str, Any]:
         "val": {k: result.best_metrics[k] for k in ("val_clip_acc", "val_window_acc", "val_loss")},
         "clips": clip_scores(logits, val, config.metric).tolist(),
         "weights": weights,
+        "seconds": time.perf_counter() - began,
     }
 
 
@@ -120,6 +125,7 @@ def test_seeds(configs: list[TrainConfig], weights: list[bytes], source: NodeDat
     evaluations and model ``export`` (the best seed on validation) on the CPU, to export."""
     from genre_sweep.model.train import model_for
 
+    began = time.perf_counter()
     worker_logging()
     data = source.load(("test",))
     tests, kept = [], None
@@ -135,7 +141,7 @@ def test_seeds(configs: list[TrainConfig], weights: list[bytes], source: NodeDat
         log.info("test, seed %d: clip accuracy %.3f", config.seed, tests[-1]["clip_acc"])
         if i == export:
             kept = model.cpu()
-    return {"tests": tests, "seeds": [c.seed for c in configs], "model": kept}
+    return {"tests": tests, "seeds": [c.seed for c in configs], "model": kept, "seconds": time.perf_counter() - began}
 
 
 def confirm(
@@ -149,9 +155,10 @@ def confirm(
     task = ray.remote(retrain_seed).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
     configs = {(c.trial, s): record.train_config(cfg, **c.params, seed=s) for c in candidates for s in seeds}
     log.info(
-        "confirmation: the search's top %d configurations (%s) x %d seeds = %d retrains",
-        len(candidates),
-        ", ".join(c.trial for c in candidates),
+        "confirmation: the search's top %d configurations%s (%s) x %d seeds = %d retrains",
+        sum(c.recipe != "added" for c in candidates),
+        " and the recipe's" if any(c.recipe == "added" for c in candidates) else "",
+        ", ".join(c.trial + (" (the recipe's)" if c.recipe else "") for c in candidates),
         len(seeds),
         len(configs),
     )
@@ -181,6 +188,8 @@ def confirm(
         ],
         seconds=time.monotonic() - began,
     )
+    spent, wall = [out["seconds"] for out in runs.values()], confirmation.seconds
+    record_stage(cfg.root, cfg.options, "confirmation", spent, wall, cfg.gpus_per_trial, cfg.cpus_per_trial)
     return confirmation, {key: out["weights"] for key, out in runs.items()}
 
 
@@ -213,7 +222,10 @@ def test_chosen(
     export = max(range(len(runs)), key=lambda i: (score(runs[i].val[cfg.metric], confirmation.mode), -i))
     configs = [record.train_config(cfg, **chosen.params, seed=r.seed) for r in runs]
     task = ray.remote(test_seeds).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
+    began = time.monotonic()
     out = ray.get(task.remote(configs, [weights[chosen.trial, r.seed] for r in runs], source, export))
+    wall = time.monotonic() - began
+    record_stage(cfg.root, cfg.options, "test", [out["seconds"]], wall, cfg.gpus_per_trial, cfg.cpus_per_trial)
     tests = out["tests"]
 
     def stats(key: str) -> tuple[float, float]:  # mean and sample std over the seeds
@@ -261,7 +273,9 @@ def retrain_and_report(
     cfg: RetrainConfig, record: SweepRecord, results: tune.ResultGrid, source: NodeData
 ) -> dict[str, Any]:
     """After a sweep: confirm its top configurations over seeds, test the chosen one, write the report."""
-    candidates = top_candidates(ranked_trials(cfg, results), cfg.confirm_top)
+    ranked = ranked_trials(cfg, results)
+    # the recipe trial's configuration too (tune.warm), to say how far the chosen one beats it
+    candidates = with_recipe(cfg, results, ranked, top_candidates(ranked, cfg.confirm_top))
     confirmation, weights = confirm(cfg, record, candidates, source)
     chosen = confirmation.chosen
     log.info(
@@ -276,6 +290,7 @@ def retrain_and_report(
     tested = test_chosen(cfg, record, confirmation, weights, source)
     dataset = open_dataset(cfg.shards, cfg.options)  # the manifest only, for the report; before_sweep checked it
     write_report(cfg, record, confirmation, tested, dataset, failures(results))
+    log_report(cfg, tested)  # --report-to mlflow, wandb: the report and the model as artifacts
     print(
         f"chosen: trial {chosen.trial} (of {len(candidates)} confirmed over {cfg.retrain_seeds} seeds); test clip "
         f"accuracy {tested['test_clip_acc_mean']:.4f} ± {tested['test_clip_acc_std']:.4f}; report: "

@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from genre_sweep.model.train import better
 from genre_sweep.store import StoreError, StoreOptions, read_bytes, with_retries, write_to
-from genre_sweep.tune import internals
+from genre_sweep.tune import budget, internals
 from genre_sweep.tune.study import StudyBackup
 from genre_sweep.tune.trial import TRIAL_ERROR
 
@@ -64,6 +64,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
             internals.optuna_study(self).set_metric_names([self.metric])  # optuna-dashboard names the objective
 
     def suggest(self, trial_id: str) -> dict | None:
+        if budget.stopping():  # a stop rule fired: no new trial (None: not now; the search is not finished)
+            return None
         config = super().suggest(trial_id)
         if config is not None:
             self._planned[trial_id] = int(config.get("num_train_epochs", self._default_epochs))
@@ -148,6 +150,27 @@ class PruneAwareOptunaSearch(OptunaSearch):
             study.tell(ot_trial, None if best is None else best[1][self.metric])
 
 
+def read_state(uri: str, options: StoreOptions, what: str) -> bytes | None:
+    """A scheduler's saved state (``what`` names it in errors), or None when none was saved yet."""
+    try:
+        return read_bytes(uri, options)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"cannot read the {what} {uri}: {e}") from e
+
+
+def write_state(uri: str, options: StoreOptions, state: dict[str, Any], what: str) -> None:
+    """Write a scheduler's state whole. A store that is briefly unreachable must not end the sweep: the write is
+    retried a few times, then skipped with a warning, and the next decision saves it again."""
+    with_retries(
+        lambda: write_to(uri, json.dumps(state).encode(), options),
+        f"write the {what} {uri}",
+        waits=(1.0, 2.0, 4.0),
+        fatal=False,
+    )
+
+
 class PersistentASHA(ASHAScheduler):
     """ASHA that keeps its rung state in a JSON file (local or s3://) and reloads it on resume."""
 
@@ -163,12 +186,9 @@ class PersistentASHA(ASHAScheduler):
         reason to lose the sweep: the rungs start empty, with a warning, and ASHA compares the resumed
         trials only with those still to come.
         """
-        try:
-            raw = read_bytes(self._state_uri, self._options)
-        except FileNotFoundError:
+        raw = read_state(self._state_uri, self._options, "ASHA state")
+        if raw is None:
             return False
-        except OSError as e:
-            raise StoreError(f"cannot read the ASHA state {self._state_uri}: {e}") from e
         brackets = internals.asha_brackets(self)
         try:
             state = json.loads(raw)
@@ -198,13 +218,7 @@ class PersistentASHA(ASHAScheduler):
             "rungs": [[[m, recorded] for m, recorded in internals.bracket_rungs(b)] for b in brackets],
             "trial_bracket": {**self._saved_brackets, **assigned},
         }
-        # a store that is briefly unreachable must not end the sweep; the next decision saves it again
-        with_retries(
-            lambda: write_to(self._state_uri, json.dumps(state).encode(), self._options),
-            f"write the ASHA state {self._state_uri}",
-            waits=(1.0, 2.0, 4.0),
-            fatal=False,
-        )
+        write_state(self._state_uri, self._options, state, "ASHA state")
 
     def on_trial_add(self, tune_controller, trial) -> None:
         if trial.trial_id in self._saved_brackets:

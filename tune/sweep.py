@@ -1,11 +1,11 @@
-"""``genre-sweep sweep``: Ray Tune + Optuna TPE + ASHA over the DoRA-AST space, then retrain and report.
+"""``genre-sweep sweep``: Ray Tune + an Optuna sampler + a scheduler over the DoRA-AST space, then retrain, report.
 
 The inputs are checked before Ray starts (``preflight.before_sweep``). The driver reads only the dataset's
 manifest: each node maps the data, and the frozen-prefix cache its first trial builds, from its own
 store (``model.node_store``; no Ray Data inside trials). Each trial is one
 ``train()`` run reporting once per epoch with a checkpoint; the Optuna study lives in an RDB storage
 (``tune.study``: SQLite beside the results by default, backed up to S3 storage) so optuna-dashboard can
-watch it; ``--resume`` finishes an interrupted sweep with its trials and ASHA state.
+watch it; ``--resume`` finishes an interrupted sweep with its trials and scheduler state.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import optuna
 import ray
 from ray import tune
 
@@ -33,15 +32,21 @@ from genre_sweep.model.node_store import NodeData
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import absolute, filesystem, storage_full
 from genre_sweep.tune import internals, lease
+from genre_sweep.tune.budget import BudgetStopper, BudgetWatch, refuse_if_spent
+from genre_sweep.tune.budget import session as budget_session
 from genre_sweep.tune.capacity import Capacity, cluster_capacity
 from genre_sweep.tune.configs import SweepConfig, SweepError
 from genre_sweep.tune.preflight import before_sweep
 from genre_sweep.tune.progress import STORAGE_FULL, SweepProgress
 from genre_sweep.tune.record import SweepRecord, write_record
 from genre_sweep.tune.retrain import failed_trials_exit, retrain_and_report, trial_source
-from genre_sweep.tune.search import PersistentASHA, PruneAwareOptunaSearch
+from genre_sweep.tune.samplers import make_sampler
+from genre_sweep.tune.schedulers import label, make_scheduler, restore_state
+from genre_sweep.tune.search import PruneAwareOptunaSearch
 from genre_sweep.tune.study import close_interrupted, open_storage, study_backup
+from genre_sweep.tune.tracking import use_loggers
 from genre_sweep.tune.trial import TRIAL_ACTOR, run_trial, trial_actor
+from genre_sweep.tune.warm import known, seed_study
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,7 @@ def trial_name(trial: Any) -> str:
 
 
 def build_tuner(cfg: SweepConfig, record: SweepRecord, source: NodeData, at_once: int) -> tune.Tuner:
-    """The Tuner (new, or restored with ``--resume``) with its ASHA scheduler; ``cfg`` is resolved against
+    """The Tuner (new, or restored with ``--resume``) with its scheduler; ``cfg`` is resolved against
     ``record`` (``before_sweep``), whose template every trial starts from."""
     space = record.search_space
     fs, storage_path = filesystem(cfg.storage, cfg.options)  # with a filesystem given, Tune wants bucket/key paths
@@ -96,18 +101,11 @@ def build_tuner(cfg: SweepConfig, record: SweepRecord, source: NodeData, at_once
         data=source,
         template=record.train_config(cfg),
     )
-    scheduler = PersistentASHA(
-        # beside the experiment folder, not in it: a resumed Tune re-uploads its stale copy of that folder
-        state_uri=cfg.root + "-asha-state.json",
-        options=cfg.options,
-        time_attr="training_iteration",
-        grace_period=cfg.grace_period,
-        reduction_factor=cfg.reduction_factor,
-        max_t=cfg.max_t,
-        # metric and mode come from TuneConfig (restored with the Tuner), so Tune's table and ResultGrid know them
-    )
+    # --scheduler, its state beside the experiment folder (tune/schedulers.py); metric and mode come from TuneConfig
+    scheduler = make_scheduler(cfg)
     if cfg.resume:  # before_sweep checked that it is there, and ours, and that cfg agrees with its record
-        scheduler.restore_state()
+        restore_state(scheduler)
+        internals.reopen_stopped_search()  # a search a stop rule ended goes on, with the budget this run gives
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
         internals.set_restored_scheduler(tuner, scheduler)  # Tune does not save the scheduler itself
         return tuner
@@ -117,13 +115,15 @@ def build_tuner(cfg: SweepConfig, record: SweepRecord, source: NodeData, at_once
         space=space.distributions(),
         metric=cfg.metric,
         mode=cfg.direction,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        sampler=make_sampler(cfg.sampler, cfg.seed, at_once > 1, space.distributions()),  # --sampler, seeded
         storage=open_storage(url),
         backup=study_backup(cfg, url),  # with S3 storage, the SQLite study is copied there after each trial
         study_name=cfg.name,
         default_epochs=space.max_epochs(),  # a trial's epochs when the space does not search them
         trials_root=cfg.root,
     )
+    # --warm-start's trials, then the recipe and --enqueue's configurations queued for the first trials (tune/warm.py)
+    seed_study(cfg, record, internals.optuna_study(searcher))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -149,8 +149,22 @@ def build_tuner(cfg: SweepConfig, record: SweepRecord, source: NodeData, at_once
             # the one named could be deleted one epoch later: a killed driver's trial then had none to resume from)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # a line per trial start and end with the best so far, instead of Tune's boxes (see tune/progress.py)
-            callbacks=[SweepProgress(cfg.metric, cfg.direction, cfg.trials, space.max_epochs(), cfg.root, cfg.options)],
+            # the stop rules' view of the trials first, so a trial's end line counts its cost (tune/budget.py)
+            callbacks=[
+                BudgetWatch(),
+                SweepProgress(
+                    cfg.metric,
+                    cfg.direction,
+                    cfg.trials,
+                    space.max_epochs(),
+                    cfg.root,
+                    cfg.options,
+                    stopper=label(cfg.scheduler),
+                ),
+            ],
             verbose=0,
+            # --time-budget, --gpu-hours, --stop-at, --patience: running trials finish their epoch (tune/budget.py)
+            stop=BudgetStopper(),
         ),
     )
     return tuner
@@ -171,7 +185,10 @@ def check_trial_device(cfg: SweepConfig) -> None:
 def checked(cfg: SweepConfig) -> tuple[SweepConfig, SweepRecord]:
     """``cfg`` once the inputs passed ``before_sweep``, resolved (against its record on ``--resume``), with the
     study it is to use; and the sweep record."""
-    return before_sweep(cfg, "--resume" if cfg.resume else None, test_split=cfg.retrain)
+    cfg, record = before_sweep(cfg, "--resume" if cfg.resume else None, test_split=cfg.retrain)
+    if not cfg.resume:  # --warm-start, --enqueue and the recipe, checked before Ray starts (a resume's study has them)
+        known(cfg, record)
+    return cfg, record
 
 
 def run_sweep(cfg: SweepConfig) -> tune.ResultGrid:
@@ -180,6 +197,7 @@ def run_sweep(cfg: SweepConfig) -> tune.ResultGrid:
 
 
 def run_checked(cfg: SweepConfig, record: SweepRecord) -> tune.ResultGrid:
+    refuse_if_spent(cfg)  # a --resume whose budget is already spent: one line, before Ray starts
     dashboard = init_ray(cfg.ray_address)
     capacity, at_once = plan(cfg)
     with capacity_requested(capacity, at_once, cfg.cpus_per_trial, cfg.gpus_per_trial):
@@ -223,6 +241,7 @@ def _sweep(cfg: SweepConfig, record: SweepRecord, at_once: int, dashboard: str |
     # The driver holds no data: each node maps the dataset, and the frozen-prefix cache its first trial
     # builds, from its own store (model.node_store).
     tuner = build_tuner(cfg, record, trial_source(cfg, record), at_once)
+    use_loggers(tuner, cfg)  # --report-to: TensorBoard, MLflow, W&B (today's flags, on --resume too)
     log.info(
         "sweep %s: %d trials, study %s; watch with `optuna-dashboard %s`",
         cfg.root,
@@ -238,7 +257,8 @@ def _sweep(cfg: SweepConfig, record: SweepRecord, at_once: int, dashboard: str |
     internals.keep_credentials_out_of_trials()  # nodes use their own; Ray would log the driver's in plain text
     STORAGE_FULL.clear()
     with graceful(internals.request_tune_stop, f"sweep {cfg.name}") as interrupted:
-        results = tuner.fit()
+        with budget_session(cfg, record.search_space.max_epochs()):  # the stop rules and the cost ledger
+            results = tuner.fit()
     if not interrupted and not STORAGE_FULL.is_set():
         close_interrupted(cfg.name, cfg.study_url())
     backup = study_backup(cfg, cfg.study_url())

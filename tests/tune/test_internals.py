@@ -39,6 +39,30 @@ def test_asha_rungs_round_trip_and_trials_map_to_brackets():
     assert internals.trial_brackets(asha)["t1"] is brackets[0]
 
 
+def test_the_median_rules_results_are_per_trial_lists_and_another_key_counts_as_a_trial():
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import MedianStoppingRule, TrialScheduler
+
+    rule = MedianStoppingRule(
+        time_attr="training_iteration",
+        metric="m",
+        mode="max",
+        grace_period=1,
+        min_samples_required=1,
+        min_time_slice=float("inf"),  # never pauses (and so never asks a Tune controller for its trials)
+    )
+    assert internals.median_metric(rule) == "m"
+    first, second = (Trial("t", trial_id=tid, stub=True) for tid in ("t1", "t2"))
+    assert rule.on_trial_result(None, first, {"training_iteration": 1, "m": 0.5}) == TrialScheduler.CONTINUE
+    assert internals.median_results(rule) == {first: [{"training_iteration": 1, "m": 0.5}]}
+    # what a restored sweep puts back under a trial's id is compared with, as Ray compares its own trials
+    internals.median_results(rule)["t0"] = [{"training_iteration": 1, "m": 0.9}, {"training_iteration": 2, "m": 0.9}]
+    assert rule.on_trial_result(None, second, {"training_iteration": 2, "m": 0.2}) == TrialScheduler.STOP
+    rule._results = {first: "not a list"}
+    with pytest.raises(internals.LibraryChanged, match=r"MedianStoppingRule\._results no longer maps trials"):
+        internals.median_results(rule)
+
+
 def test_a_restored_tuner_takes_a_new_scheduler(tmp_path):
     tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(storage_path=str(tmp_path), name="t"))
     asha = ASHAScheduler(metric="m", mode="max", max_t=3)
