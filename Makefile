@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The default suite: everything but the tests marked slow. About 7.5 minutes on 2 cores.
+# The default suite: everything but the tests marked slow. About 8 minutes on 2 cores.
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" --durations=15
 
