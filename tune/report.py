@@ -52,6 +52,7 @@ from genre_sweep.tune import ledger as costs  # noqa: E402
 from genre_sweep.tune.configs import RetrainConfig  # noqa: E402
 from genre_sweep.tune.confirm import Confirmation  # noqa: E402
 from genre_sweep.tune.record import SweepRecord  # noqa: E402
+from genre_sweep.tune.schedulers import USES  # noqa: E402
 from genre_sweep.tune.study import SQLITE  # noqa: E402
 from genre_sweep.tune.warm import known_lines, known_paths, own_trials, recipe_lines, trial_columns  # noqa: E402
 
@@ -953,7 +954,9 @@ def next_sweep(cfg: RetrainConfig, record: SweepRecord) -> str:
     place = Place.of(cfg)
     # what this sweep started from is not the next one's: it starts from this sweep's trials (--warm-start)
     left_out = ("trials", "max_concurrent_trials", "warm_start", "enqueue", "recipe_trial")
-    settings = {k: v for k, v in record.settings.items() if k not in left_out}
+    scheduler = record.settings.get("scheduler") or "asha"
+    unread = {k for k, users in USES.items() if scheduler not in users}  # refused with that scheduler
+    settings = {k: v for k, v in record.settings.items() if k not in left_out and k not in unread}
     settings = named_paths(settings, place)  # a --pretrained checkpoint's folder, say
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v is not None)
     trials = 2 * int(record.settings.get("trials") or 35)

@@ -35,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 
 from genre_sweep.config import ConfigError, load_yaml
+from genre_sweep.errors import one_line
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.store import StoreError, StoreOptions, is_s3, join, read_bytes
 from genre_sweep.tune.configs import RetrainConfig, SweepConfig, SweepError
@@ -159,7 +160,10 @@ def study_at(source: str, options: StoreOptions) -> Iterator[tuple[str, str]]:
         url, _, name = source.partition("#")
         there(source, url)
         if not name:
-            names = optuna.study.get_all_study_names(storage=url)
+            try:
+                names = optuna.study.get_all_study_names(storage=url)
+            except Exception as e:  # an unreachable server, a missing driver, not a study's database
+                raise SweepError(f"--warm-start {source}: cannot read {url}: {type(e).__name__}: {one_line(e)}") from e
             if len(names) != 1:
                 raise SweepError(
                     f"--warm-start {source}: name the study after # (e.g. {url}#{names[0] if names else 'name'}); "
@@ -346,7 +350,10 @@ def load_enqueue(path: str, space: SearchSpace) -> list[dict[str, Any]]:
 
 def typed_value(value: Any, dist: od.BaseDistribution) -> Any:
     """A YAML value as a range reads it: ``1e-3`` (a string to YAML 1.1) as a float, ``8.0`` as an int."""
-    if isinstance(dist, od.CategoricalDistribution) or isinstance(value, bool):
+    if isinstance(dist, od.CategoricalDistribution):  # the choice itself: Tune's config then holds 16, not 16.0
+        same = (c for c in dist.choices if type(c) is type(value) and c == value)
+        return next(same, next((c for c in dist.choices if _same_number(value, c)), value))
+    if isinstance(value, bool):
         return value
     try:
         number = float(value)
@@ -414,7 +421,7 @@ def with_recipe(
 
 def own_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The study's trials this sweep ran (not those --warm-start added)."""
-    return [t for t in study.get_trials(deepcopy=False) if not is_warm(t)]
+    return [t for t in study.get_trials(deepcopy=False) if not is_warm(t) and t.state != TrialState.WAITING]
 
 
 def trial_columns(trial: FrozenTrial) -> dict[str, Any]:
@@ -444,7 +451,7 @@ def known_lines(study: optuna.Study, path: Callable[[str], str]) -> list[str]:
     trials = study.get_trials(deepcopy=False)
     warm = [t for t in trials if is_warm(t)]
     recipe = [t for t in trials if t.user_attrs.get(RECIPE)]
-    enqueued = [t for t in trials if t.user_attrs.get(ENQUEUED)]
+    enqueued = [t for t in trials if t.user_attrs.get(ENQUEUED) and t.state != TrialState.WAITING]  # ran
     lines = []
     if warm:
         sources = ", ".join(f"`{path(s)}`" for s in sorted({str(t.user_attrs[WARM]) for t in warm}))

@@ -3,6 +3,7 @@ curves, the pooled confusion matrix and per-genre scores, the top trials, paths 
 and a next sweep of the same space."""
 
 import csv
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -256,6 +257,10 @@ def test_the_next_sweep_run_in_the_report_folder_searches_the_same_space_beside_
     assert (report / flag["--shards"]).resolve() == sweep.shards
     assert flag["--pretrained"] == "tiny" and flag["--metric"] == "val_clip_acc" and int(flag["--trials"]) == 70
     assert str(tmp_path) not in command
+    # with a scheduler that reads no ASHA flag, the command gives none (a sweep would refuse them)
+    median = dataclasses.replace(sweep.record, settings={**sweep.record.settings, "scheduler": "median"})
+    flags = shlex.split(next_sweep(sweep.cfg, median))
+    assert "--grace-period" in flags and "--reduction-factor" not in flags and "--max-t" not in flags
 
 
 def legend_clear_of_the_axes(fig) -> bool:

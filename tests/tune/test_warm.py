@@ -127,6 +127,11 @@ def test_a_warm_start_that_cannot_inform_this_search_is_one_line(tmp_path):
     assert not (tmp_path / "nowhere.db").exists()  # nothing created where nothing was
     with pytest.raises(SweepError, match=r"not a sweep folder \(no genre-sweep.json\)"):
         known(*new(tmp_path, space, warm_start=str(tmp_path))[:2])
+    with pytest.raises(
+        SweepError,
+        match=r"^--warm-start mysql://nobody@127.0.0.1:9/db: cannot read mysql://nobody@127.0.0.1:9/db: ImportError",
+    ):
+        known(*new(tmp_path, space, warm_start="mysql://nobody@127.0.0.1:9/db")[:2])  # no driver: one line
 
 
 def test_the_recipe_is_the_train_defaults_or_their_nearest_values_in_the_space(tmp_path):
@@ -161,6 +166,13 @@ def test_an_enqueued_configuration_outside_the_space_is_one_line_naming_file_ent
     path.write_text(entries)
     with pytest.raises(ConfigError, match=rf"^--enqueue {re.escape(str(path))}: {problem}"):
         load_enqueue(str(path), space)
+
+
+def test_an_enqueued_float_of_an_integer_choice_is_that_choice(tmp_path):
+    path = tmp_path / "first.yaml"
+    path.write_text("- {batch_size: 16.0}")
+    (entry,) = load_enqueue(str(path), load_space(str(space_file(tmp_path))))
+    assert entry == {"batch_size": 16} and type(entry["batch_size"]) is int  # Tune's config and the study agree
 
 
 def test_a_bad_enqueue_file_stops_the_sweep_before_it_starts(sweep_shards, tmp_path, capsys):
