@@ -7,17 +7,22 @@
     per-step sync; the effective batch executed as one pass, gathered with one index per pass, on the
     GPU when the data fits there; the last layer computed for the two pooled tokens only).
 (c) cached:   the same ``train()`` starting from the frozen-prefix cache (the cache's one-off build time
-    is printed apart: a sweep pays it once for all its trials).
+    is printed apart: a sweep pays it once for all its trials); then twice more with the states gathered on the
+    host whatever the GPU could hold (what a sweep at GTZAN size runs: its states do not fit the resident bound),
+    without the prefetch ring (``prefetch`` 0: the gather in series with the step, on the training thread) and
+    with it (a background thread gathers ahead; the training thread's wait per step is printed against the gather
+    thread's own time per step, and the host gather alone, timed apart).
 (d) compiled: (c) with ``--compile default`` and ``--compile reduce-overhead`` (torch.compile of the trained
     part of the step; the second also replays it as a CUDA graph); on a GPU unless a sweep follows, or as
     ``--compile`` names them.
 
 Every path trains the same model and configuration (the original's best by default: batch 2 x
 accumulation 8, DoRA rank 2 alpha 4.25 on layers 10-11, head 200) on the same random features, and
-prints examples/s and the ratios; FLOPs per example come from torch's FlopCounterMode, and on a GPU
-the achieved TFLOP/s is compared with a measured bf16 matmul peak. ``--sweep-trials N`` also runs a
-real N-trial sweep (Ray Tune, ASHA, the cache) on a generated corpus, and prints its wall time and the
-per-trial overhead (trial start to first optimizer step).
+prints examples/s and the ratios; FLOPs per example come from torch's FlopCounterMode, and every row's
+achieved TFLOP/s is compared with a matmul peak measured in the same run (bf16 on a GPU, fp32 on a CPU, which
+trains in fp32). Every timed region ends with a device synchronisation (``train()``'s epochs too).
+``--sweep-trials N`` also runs a real N-trial sweep (Ray Tune, ASHA, the cache) on a generated corpus, and prints
+its wall time and the per-trial overhead (trial start to first optimizer step).
 
     python bench/train.py                                            # tiny model, CPU
     python bench/train.py --model base-random --examples 512         # AST-base size, GPU
@@ -27,11 +32,13 @@ per-trial overhead (trial start to first optimizer step).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +49,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from genre_sweep.config import resolve
+from genre_sweep.model import train as train_module
 from genre_sweep.model.configs import AdapterSettings, TrainConfig
 from genre_sweep.model.data import Gather, SplitArrays, TrainData, as_tensor
 from genre_sweep.model.device import autocast, resolve_device
 from genre_sweep.model.dora_ast import GenreClassifier, build_model
+from genre_sweep.model.prefetch import epoch_chunks
 from genre_sweep.model.prefix_cache import build_for
 from genre_sweep.model.train import Stepper, example_weights, param_groups, train
 
@@ -114,26 +123,83 @@ def original_recipe(model: GenreClassifier, data: TrainData, args: argparse.Name
     return seen / (time.perf_counter() - start)
 
 
-def ours(data: TrainData, args: argparse.Namespace, device: torch.device, compile: str = "off") -> tuple[float, float]:
-    """(b)/(c)/(d) the last epoch's examples/s of the real ``train()`` (``compile``: its --compile), and its
-    first_step_s."""
-    with tempfile.TemporaryDirectory() as out:
-        cfg = resolve(
-            TrainConfig,
-            {
-                "shards": "synthetic",
-                "out": out,
-                "pretrained": args.model,
-                "batch_size": args.batch_size,
-                "gradient_accumulation_steps": args.accumulation,
-                "num_train_epochs": args.epochs,
-                "encoder_min_layer_to_update": args.min_layer,
-                "device": str(device),
-                "compile": compile,
-            },
-        )
-        history = train(cfg, data).history
-    return history[-1]["train_examples_per_s"], history[0]["first_step_s"]
+class RingFigures(logging.Handler):
+    """The prefetch ring's figures of each finished plan (an epoch): (passes, training thread's wait s, gather
+    thread's busy s), from its debug line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.plans: list[tuple[int, float, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("prefetched"):
+            self.plans.append(record.args)
+
+
+@contextlib.contextmanager
+def host_gathered() -> Iterator[None]:
+    """``train()`` with its data gathered on the host however much the GPU could hold (the resident bound forced
+    off): what a sweep whose states do not fit runs. On a CPU that is every run."""
+    fits = train_module.resident_fits
+    train_module.resident_fits = lambda nbytes, device: False
+    try:
+        yield
+    finally:
+        train_module.resident_fits = fits
+
+
+def ours(
+    data: TrainData,
+    args: argparse.Namespace,
+    device: torch.device,
+    compile: str = "off",
+    prefetch: int | None = None,
+    host: bool = False,
+) -> tuple[float, float, tuple[int, float, float] | None]:
+    """(b)/(c)/(d) the last epoch's examples/s of the real ``train()`` (``compile``: its --compile; ``prefetch``: its
+    --prefetch, default its own; ``host``: ``host_gathered``), its first_step_s, and the prefetch ring's figures of
+    that epoch (``RingFigures``; None where the ring did not run)."""
+    values = {
+        "pretrained": args.model,
+        "batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.accumulation,
+        "num_train_epochs": args.epochs,
+        "encoder_min_layer_to_update": args.min_layer,
+        "device": str(device),
+        "compile": compile,
+    }
+    if prefetch is not None:
+        values["prefetch"] = prefetch
+    ring, logger = RingFigures(), logging.getLogger("genre_sweep.model.prefetch")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(ring)
+    try:
+        with tempfile.TemporaryDirectory() as out, host_gathered() if host else contextlib.nullcontext():
+            history = train(resolve(TrainConfig, {"shards": "synthetic", "out": out, **values}), data).history
+    finally:
+        logger.removeHandler(ring)
+        logger.setLevel(level)
+    return history[-1]["train_examples_per_s"], history[0]["first_step_s"], ring.plans[-1] if ring.plans else None
+
+
+def host_gather_per_step(data: TrainData, args: argparse.Namespace, device: torch.device) -> float:
+    """Seconds per optimizer step of the host gather alone (no ring: what the training thread pays in series with
+    each step without one), over one epoch of ``data``'s cached training states in passes of the effective batch,
+    the copy to the device included."""
+    xs, labels = data.prefix.split("train"), torch.from_numpy(data.split("train").labels)
+    effective = args.batch_size * args.accumulation
+    gather = Gather((xs, labels), effective, device)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    chunks = epoch_chunks(order, effective, effective)
+    for index in chunks[:2]:  # warm-up
+        gather(index)
+    sync(device)
+    start = time.perf_counter()
+    for index in chunks:
+        gather(index)
+    sync(device)
+    return (time.perf_counter() - start) / len(chunks)
 
 
 def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
@@ -250,18 +316,21 @@ def per_step(
     return ops, kernel_launches(step) if device.type == "cuda" else None
 
 
-def bf16_peak_tflops(device: torch.device) -> float:
-    n = 8192
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
+def matmul_peak_tflops(device: torch.device) -> tuple[float, str]:
+    """The device's measured matmul peak and what it is: a bf16 8192 x 8192 matmul on a GPU (what autocast trains
+    in), an fp32 2048 x 2048 one on a CPU (which trains in fp32)."""
+    cuda = device.type == "cuda"
+    n, dtype, warm, reps = (8192, torch.bfloat16, 3, 20) if cuda else (2048, torch.float32, 1, 5)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(warm):
         a @ b
-    torch.cuda.synchronize()
-    start, reps = time.perf_counter(), 20
+    sync(device)
+    start = time.perf_counter()
     for _ in range(reps):
         a @ b
-    torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12, "bf16" if cuda else "fp32 (CPU)"
 
 
 def sweep_figures(args: argparse.Namespace) -> None:
@@ -346,8 +415,9 @@ def main() -> None:
     p.add_argument(
         "--compile",
         default="auto",
-        help="(d): (c) with each of these --compile modes, comma-separated (default, reduce-overhead) or none; auto: "
-        "both on a GPU unless a sweep follows, else none",
+        help="(d): (c) with each of these --compile modes, comma-separated (default, reduce-overhead) or none, each "
+        "run twice (the second reuses the process's compiled step, as a reused trial process does); auto: both on a "
+        "GPU unless a sweep follows, else default",
     )
     p.add_argument("--sweep-only", action="store_true", help="run only the sweep (--sweep-trials), not the step paths")
     args = p.parse_args()
@@ -370,33 +440,53 @@ def main() -> None:
     original_flops = flops_per_example(model, data, device, None, original=True)
     full_flops = flops_per_example(model, data, device, None)
     cached_flops = flops_per_example(model, data, device, args.min_layer)
-    peak = bf16_peak_tflops(device) if device.type == "cuda" else None
-    if peak:
-        print(f"measured bf16 matmul peak: {peak:.0f} TFLOP/s")
+    peak, peak_kind = matmul_peak_tflops(device)
+    print(f"measured {peak_kind} matmul peak: {peak:.3g} TFLOP/s")
 
     def row(label: str, eps: float, flops: float, first: float | None = None) -> None:
         """One path's line, printed as soon as it is measured (a later path's time limit loses only that path)."""
         tflops = eps * flops / 1e12
         line = (
-            f"{label:<34} {eps:9.1f} examples/s   x{eps / original:6.2f} vs (a)   "
-            f"{flops / 1e9:7.3f} GFLOP/example -> {tflops:8.3f} TFLOP/s"
+            f"{label:<41} {eps:9.1f} examples/s   x{eps / original:6.2f} vs (a)   "
+            f"{flops / 1e9:7.3f} GFLOP/example -> {tflops:8.3f} TFLOP/s ({100 * tflops / peak:.1f} % of "
+            f"{peak_kind} peak)"
         )
-        if peak:
-            line += f" ({100 * tflops / peak:.1f} % of peak)"
         if first is not None:
             line += f"   first step after {first:.2f} s"
         print(line, flush=True)
 
     original = original_recipe(model, data, args, device)
     row("(a) original recipe", original, original_flops)
-    plain, plain_first = ours(data, args, device)
+    plain, plain_first, _ = ours(data, args, device)
     row("(b) ours, no cache", plain, full_flops, plain_first)
     began = time.perf_counter()
     cache = build_for(args.model, data, args.min_layer, str(device))
+    sync(device)
     build_s = time.perf_counter() - began
     with_cache = data.with_prefix(cache)
-    cached, cached_first = ours(with_cache, args, device)
-    row("(c) ours, cached", cached, cached_flops, cached_first)
+    cached, cached_first, _ = ours(with_cache, args, device)
+    where = "resident if it fits" if device.type == "cuda" else "on a CPU: host, no ring"
+    row(f"(c) ours, cached ({where})", cached, cached_flops, cached_first)
+    steps = math.ceil(args.examples / (args.batch_size * args.accumulation))
+    host, host_first, _ = ours(with_cache, args, device, prefetch=0, host=True)
+    row("(c) host-gathered, no ring", host, cached_flops, host_first)
+    ringed, ringed_first, figures = ours(with_cache, args, device, prefetch=3, host=True)
+    row("(c) host-gathered, ring of 3", ringed, cached_flops, ringed_first)
+    alone = host_gather_per_step(with_cache, args, device)
+    ring_line = (
+        "the ring did not run"
+        if figures is None
+        else (
+            f"the training thread waited {1e3 * figures[1] / steps:.3f} ms per step for the ring, whose thread "
+            f"gathered {1e3 * figures[2] / steps:.3f} ms per step"
+        )
+    )
+    print(
+        f"host-gathered, per optimizer step ({steps} per epoch, last epoch): {ring_line}; the host gather alone "
+        f"(timed apart, with its copy to the device) takes {1e3 * alone:.3f} ms per step; ring / no ring: "
+        f"x{ringed / host:.2f}",
+        flush=True,
+    )
     print(
         f"cached / uncached: x{cached / plain:.2f}   cache build: {build_s:.1f} s for {len(data.split('train'))} + "
         f"{len(data.split('val'))} windows, {cache.nbytes / 1e6:.1f} MB bf16 "
@@ -419,11 +509,14 @@ def main() -> None:
     if device.type == "cuda":
         print("CUDA launches per optimizer step: " + ", ".join(f"{k} {n}" for k, (_, n) in counts.items()), flush=True)
     modes = args.compile
-    if modes == "auto":
-        modes = "default,reduce-overhead" if device.type == "cuda" and not args.sweep_trials else "none"
+    if modes == "auto":  # on a CPU, default only: the compiled-reused row is the one a sweep's reused process runs
+        modes = "default,reduce-overhead" if device.type == "cuda" and not args.sweep_trials else "default"
     for mode in [m for m in modes.split(",") if m != "none"]:
-        compiled, compiled_first = ours(with_cache, args, device, compile=mode)
+        compiled, compiled_first, _ = ours(with_cache, args, device, compile=mode)
         row(f"(d) (c), compile {mode}", compiled, cached_flops, compiled_first)
+        # a second run in this process (a reused trial actor's next trial): a new model, the compiled step kept
+        reused, reused_first, _ = ours(with_cache, args, device, compile=mode)
+        row(f"(d) (c), compile {mode}, reused", reused, cached_flops, reused_first)
         launches = ""
         if device.type == "cuda":
             n = per_step(model, with_cache, args, device, args.min_layer, effective, mode)[1]

@@ -85,6 +85,11 @@ JOBS: dict[str, Job] = {
         "genre_sweep.tune.launch:run",
         "submit prepare -> sweep -> retrain as one Ray job to a `ray up` cluster",
     ),
+    "spot-watch": Job(
+        "genre_sweep.spot:SpotWatchConfig",
+        "genre_sweep.spot:run",
+        "on a worker: drain this Ray node when AWS sends its spot interruption notice",
+    ),
 }
 
 

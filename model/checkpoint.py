@@ -5,6 +5,11 @@ A checkpoint folder holds ``trainable.safetensors`` (DoRA + head parameters by n
 ``state.json`` (epoch, scheduler state, metrics history, best epoch) and, when the best epoch is an earlier
 one, ``best.safetensors`` (that epoch's trainable weights): a checkpoint alone restores the whole run, in
 any folder, as a retried Tune trial does. Loading never unpickles anything.
+
+A checkpoint taken mid-epoch (a trial whose node is being preempted) also holds ``position.safetensors``: the
+random state and the epoch's partial loss at that step; its ``state.json`` names the last whole epoch as
+``epoch`` and the step reached in the next as ``in_epoch``, and it always keeps the best epoch's weights in
+``best.safetensors`` (its ``trainable.safetensors`` are the weights at that step).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ TRAINABLE = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
 BEST = "best.safetensors"
+POSITION = "position.safetensors"
 
 
 class CheckpointError(GenreSweepError, ValueError):
@@ -39,12 +45,16 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     best: Path | None = None,
+    position: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint folder; ``state.json`` last, so a folder with it is complete. ``best``: the best
-    epoch's ``trainable.safetensors`` when that epoch is not this one, kept in the folder as ``best.safetensors``."""
+    epoch's ``trainable.safetensors`` when that epoch is not this one, kept in the folder as ``best.safetensors``.
+    ``position``: a mid-epoch checkpoint's random state and partial sums, kept as ``position.safetensors``."""
     path.mkdir(parents=True, exist_ok=True)
     if best is not None:
         shutil.copyfile(best, path / BEST)
+    if position is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in position.items()}, str(path / POSITION))
     save_file(
         {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
         str(path / TRAINABLE),
@@ -115,10 +125,21 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     return state
 
 
+def load_position(path: Path) -> dict[str, torch.Tensor]:
+    """A mid-epoch checkpoint's random state and partial sums (``position.safetensors``)."""
+    file = Path(path) / POSITION
+    if not file.exists():
+        raise CheckpointError(f"{path}: a mid-epoch checkpoint without its {POSITION}; the checkpoint is damaged")
+    return _tensors(file)
+
+
 def restore_best(path: Path, state: dict[str, Any], best_dir: Path) -> None:
     """Put the best epoch's trainable weights, as of checkpoint ``path`` (with its ``state``), in ``best_dir``."""
     path = Path(path)
-    source = path / (TRAINABLE if state["best"]["epoch"] == state["epoch"] else BEST)
+    if state["best"] is None:  # stopped within the first epoch: no epoch is done yet
+        return
+    whole = state["best"]["epoch"] == state["epoch"] and "in_epoch" not in state
+    source = path / (TRAINABLE if whole else BEST)
     if not source.exists():
         raise CheckpointError(f"{path}: its best epoch ({state['best']['epoch']}) has no weights there ({BEST})")
     best_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ PRETRAINED_HELP = (
     "tiny or base-random (random weights, for tests and benchmarks)"
 )
 DEVICE_HELP = "auto, cpu or cuda[:N]"
-COMPILE_MODES = ("off", "default", "reduce-overhead")  # TrainConfig.compile: off, or a torch.compile mode
+# TrainConfig.compile: auto (default on a GPU, else off), off, or a torch.compile mode
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead")
 # The validation metrics every epoch reports, each with the direction that is better: the objectives a run's best
 # epoch, a sweep's search and its winner can be chosen by.
 METRICS = {"val_clip_acc": "max", "val_window_acc": "max", "val_loss": "min"}
@@ -75,11 +76,18 @@ class TrainConfig(StoreFlags):
     )
     max_grad_norm: float = field(1.0, "gradient clipping norm")
     compile: str = field(
-        "off",
+        "auto",
         "torch.compile the trained part of each step: default (fused kernels) or reduce-overhead (also CUDA graphs: "
-        "the step replayed with one launch on a GPU), after a one-off compile of tens of seconds per process; if "
-        "compiling fails, training goes on eagerly with one warning",
+        "the step replayed with one launch on a GPU), compiled once per process (a reused trial process's later "
+        "trials of the same shapes do not recompile); auto: default on a GPU, off on a CPU; if compiling fails, "
+        "training goes on eagerly with one warning",
         choices=list(COMPILE_MODES),
+    )
+    prefetch: int | None = field(
+        None,
+        "when the data is gathered on the host (too big for the GPU, or a CPU run): buffers a background thread fills "
+        "with the coming passes' windows while the step computes (pinned on a GPU); 0: gather on the training thread; "
+        "unset: 3 on a GPU, 0 on a CPU (where the data is in memory and the gather cheap). Results do not depend on it",
     )
     seed: int = field(0, "seed of the head's init, data order and dropout")
     device: str = field("auto", DEVICE_HELP)
@@ -100,6 +108,7 @@ class TrainConfig(StoreFlags):
         check(self.classifier_hidden_layer_size >= 1, "classifier_hidden_layer_size must be >= 1")
         check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
         check(self.execution_batch_size is None or self.execution_batch_size >= 1, "execution_batch_size must be >= 1")
+        check(self.prefetch in (None, 0) or self.prefetch >= 2, f"prefetch must be 0 or >= 2, got {self.prefetch}")
         check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         check(self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         check(self.metric in METRICS, f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")

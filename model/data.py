@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,9 @@ import pyarrow as pa
 import torch
 
 from genre_sweep.data.shards import Dataset, features_array, open_dataset
+from genre_sweep.model.device import gpu_fraction
 from genre_sweep.model.dora_ast import backbone_config
+from genre_sweep.model.prefetch import Ring
 from genre_sweep.store import StoreError, StoreOptions
 
 log = logging.getLogger(__name__)
@@ -119,12 +122,23 @@ class Gather:
     side stream, so a batch's copy overlaps the previous step's computation (the step's stream waits for the copy,
     not the host); two sets are taken in turn, and a set is refilled only once its previous copy has finished (an
     event), so filling one never races the other's copy.
+
+    ``prefetch`` (host path only; 0: off): the depth of a ``Ring`` of buffers that a background thread fills with the
+    chunks ``plan`` names, ahead of the calls that ask for them; a call asking for anything else gathers directly.
     """
 
-    def __init__(self, sources: tuple[torch.Tensor, ...], rows: int, device: torch.device, resident: bool = False):
+    def __init__(
+        self,
+        sources: tuple[torch.Tensor, ...],
+        rows: int,
+        device: torch.device,
+        resident: bool = False,
+        prefetch: int = 0,
+    ):
         self.device, self.resident = device, resident
+        cuda = device.type == "cuda"  # off CUDA the step computes on the cores: the ring's thread gathers on one
+        self.ring = Ring(sources, rows, prefetch, cuda, None if cuda else 1) if prefetch and not resident else None
         self.sources = tuple(s.to(device) for s in sources) if resident else sources
-        cuda = device.type == "cuda"
         self.buffers = [  # none for resident sources
             tuple(torch.empty((rows, *s.shape[1:]), dtype=s.dtype, pin_memory=cuda) for s in sources)
             for _ in range(0 if resident else 2 if cuda else 1)
@@ -138,9 +152,21 @@ class Gather:
         """Where the index given to a call must be: the device for resident sources, else the host."""
         return self.device if self.resident else torch.device("cpu")
 
+    def plan(self, chunks: Sequence[torch.Tensor]) -> None:
+        """The indices the coming calls will ask for, in order (``prefetch.epoch_chunks``): gathered ahead on a thread
+        when prefetching; nothing otherwise."""
+        if self.ring is not None:
+            self.ring.plan(chunks)
+
     def __call__(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.resident:
             return tuple(torch.index_select(s, 0, index) for s in self.sources)
+        if self.ring is not None and (ready := self.ring.take(index)) is not None:
+            if self.copy_stream is None:
+                return ready  # on the CPU: valid until the next call
+            on_device, event = self._to_device(ready)
+            self.ring.copied(event)  # the ring refills that buffer once the copy has finished
+            return on_device
         i, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
         if self.copied[i] is not None:
             self.copied[i].synchronize()
@@ -148,33 +174,70 @@ class Gather:
         batch = tuple(torch.index_select(s, 0, index, out=b[: len(index)]) for s, b in pairs)
         if self.copy_stream is None:
             return batch  # on the CPU: valid until the next call
+        on_device, self.copied[i] = self._to_device(batch)
+        return on_device
+
+    def _to_device(self, batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], Any]:
+        """``batch`` (pinned) copied to the device on the side stream, and the event of that copy."""
         compute = torch.cuda.current_stream(self.device)
         with torch.cuda.stream(self.copy_stream):
             on_device = tuple(b.to(self.device, non_blocking=True) for b in batch)
-            self.copied[i] = torch.cuda.Event()
-            self.copied[i].record(self.copy_stream)
-        compute.wait_event(self.copied[i])  # the step's kernels start once the batch is there
+            event = torch.cuda.Event()
+            event.record(self.copy_stream)
+        compute.wait_event(event)  # the step's kernels start once the batch is there
         for t in on_device:
             t.record_stream(compute)  # allocated on the copy stream, used (and freed) on the step's
-        return on_device
+        return on_device, event
 
 
-# The most of the free GPU memory a trial's resident data may take (the rest is for activations and other trials),
-# and at most this many bytes: each trial copies its data to the GPU at its start, at a few GB/s from the page cache,
-# and that copy counts in its start-up overhead (5 s at most is the target); bigger data is gathered on the host.
-RESIDENT_SHARE = 0.25
+# A trial's share of a GPU is its fraction of the GPU's total memory (Ray's --gpus-per-trial), not a share of what is
+# free when it starts: trials that start together each see an empty GPU. Its resident data may take that share less
+# RESIDENT_MARGIN_BYTES, kept for the model, its activations and optimizer state and the allocator's slack (AST-base:
+# about 0.4 GB of weights, and 2-3 GB of bf16 activations for a pass of 32 windows), and never more than is free now
+# (less the same margin). At most RESIDENT_MAX_BYTES too: each trial copies its data to the GPU at its start, at a
+# few GB/s from the page cache, and that copy counts in its start-up overhead (5 s at most is the target); bigger
+# data is gathered on the host.
+RESIDENT_MARGIN_BYTES = 4e9
 RESIDENT_MAX_BYTES = 8e9
 
 
-def resident_fits(nbytes: int, device: torch.device) -> bool:
-    """Whether ``nbytes`` of training data should live on ``device``: on CUDA, when it takes at most
-    ``RESIDENT_SHARE`` of the GPU's free memory and ``RESIDENT_MAX_BYTES``; never on the CPU (there the data is
-    already in memory)."""
+def resident_allowance(
+    total: float, free: float, fraction: float, margin: float = RESIDENT_MARGIN_BYTES, cap: float = RESIDENT_MAX_BYTES
+) -> float:
+    """The bytes of data a trial may keep on its GPU: ``fraction`` (its share of the GPU) of the GPU's ``total``
+    memory less ``margin``, at most ``free`` less ``margin`` and ``cap``; never below 0."""
+    return max(0.0, min(fraction * total - margin, free - margin, cap))
+
+
+def resident_budget(device: torch.device) -> float:
+    """``resident_allowance`` for this process on ``device`` (0 off CUDA: there the data is already in memory)."""
     if device.type != "cuda":
-        return False
+        return 0.0
     # memory this process's allocator holds but no tensor uses (an earlier trial's, in a reused process) is free too
     free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return nbytes <= min(RESIDENT_MAX_BYTES, RESIDENT_SHARE * free)
+    return resident_allowance(torch.cuda.get_device_properties(device).total_memory, free, gpu_fraction())
+
+
+def resident_fits(nbytes: int, device: torch.device) -> bool:
+    """Whether ``nbytes`` of training data should live on ``device`` (``resident_budget``); never on the CPU."""
+    return device.type == "cuda" and 0 < nbytes <= resident_budget(device)
+
+
+def resident_copy(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...] | None:
+    """``tensors`` copied to ``device``, or None (one warning line) when the GPU runs out of memory doing it: the
+    caller then gathers them on the host. Another error, or one off CUDA, is raised."""
+    try:
+        return tuple(t.to(device) for t in tensors)
+    except torch.OutOfMemoryError:
+        if device.type != "cuda":
+            raise
+    torch.cuda.empty_cache()  # the part already copied went with the exception
+    log.warning(
+        "out of GPU memory copying %.2f GB of data to %s: gathered on the host instead",
+        sum(t.nbytes for t in tensors) / 1e9,
+        device,
+    )
+    return None
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:

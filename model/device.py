@@ -6,16 +6,21 @@ naming the node, the NVIDIA driver and torch's CUDA, unless the CPU was asked fo
 
 from __future__ import annotations
 
+import logging
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from genre_sweep.errors import GenreSweepError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class DeviceError(GenreSweepError, RuntimeError):
@@ -97,3 +102,50 @@ def input_dtype(device: torch.device, cached: bool) -> torch.dtype:
     embedding anyway, so the values are the same, without an fp32 copy; cached states in fp32, as they enter the
     residual stream, which stays fp32 as in the uncached forward. On the CPU (no autocast), fp32."""
     return torch.bfloat16 if device.type == "cuda" and not cached else torch.float32
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The precision the model computes in on ``device`` (``autocast``): bf16 on CUDA, fp32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def gpu_fraction() -> float:
+    """The share of a GPU Ray gave this process (a trial's ``--gpus-per-trial``, say 0.5); 1.0 outside Ray's tasks
+    and actors, or where Ray says nothing (a whole GPU, or more, counts as one: the memory check is per device)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return 1.0
+    try:
+        share = float(ray.get_runtime_context().get_assigned_resources().get("GPU") or 0.0)
+    except Exception:  # the driver, or an API change: assume the whole GPU, as outside Ray
+        return 1.0
+    return min(share, 1.0) if share > 0 else 1.0
+
+
+def halving(run: Callable[[int], T], batch: int, device: torch.device, what: str) -> T:
+    """``run(batch)``, and on a CUDA out-of-memory error ``run`` again with half the batch, down to one; one warning
+    line says so once it succeeds. ``run`` may keep its progress between calls (redo only the failed batch onwards).
+    On any other device the error is raised, as ``train.Stepper`` does: the CPU's memory is not the GPU's to share."""
+    first = batch
+    while True:
+        try:
+            result = run(batch)
+            break
+        except torch.OutOfMemoryError:
+            if device.type != "cuda" or batch <= 1:
+                raise
+        # here, not in the except clause: the failed batch's tensors are released with the exception
+        torch.cuda.empty_cache()
+        batch //= 2
+    if batch != first:
+        log.warning("out of GPU memory in %s: redone with batches of %d (from %d)", what, batch, first)
+    return result
+
+
+def released_task(fn: Callable[..., Any], num_cpus: float, num_gpus: float) -> Any:
+    """``fn`` as a Ray task with these resources whose worker process ends after each call (``max_calls=1``), so its
+    CUDA context and cached GPU memory go with it: a device check or a retrain never keeps a share of a GPU that
+    trials then start on."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_calls=1)(fn)  # .options() refuses max_calls

@@ -143,7 +143,8 @@ def _load_backbone(cfg: ASTConfig, source: str | None) -> tuple[ASTModel, nn.Lay
 
 # The last backbone this process loaded, untouched: a Tune actor reused for the next trial (and a retrain seed
 # after another) copies it from memory instead of loading the checkpoint again. One entry: a process trains one.
-_kept: tuple[tuple, ASTModel, nn.LayerNorm] | None = None
+_kept: tuple[tuple[tuple, int], ASTModel, nn.LayerNorm] | None = None
+_loads = 0  # checkpoints this process loaded: with the stamp, which load a model's frozen weights were copied from
 
 
 def _checkpoint_stamp(cfg: ASTConfig, source: str | None) -> tuple:
@@ -158,17 +159,20 @@ def _checkpoint_stamp(cfg: ASTConfig, source: str | None) -> tuple:
     return cfg.to_json_string(), source, files
 
 
-def kept_backbone(cfg: ASTConfig, source: str | None) -> tuple[ASTModel, nn.LayerNorm, bool]:
-    """A fresh copy of the backbone and head LayerNorm ``_load_backbone`` gives, and whether it came from this
-    process's memory (the checkpoint already loaded here) rather than from disk."""
-    global _kept
+def kept_backbone(cfg: ASTConfig, source: str | None) -> tuple[ASTModel, nn.LayerNorm, bool, tuple]:
+    """A fresh copy of the backbone and head LayerNorm ``_load_backbone`` gives, whether it came from this
+    process's memory (the checkpoint already loaded here) rather than from disk, and the stamp of the checkpoint it
+    was loaded from with the load's number (``_checkpoint_stamp``, taken before the load, and ``_loads``): models with
+    the same are copies of one load's weights, even where a checkpoint changed upstream under the same stamp."""
+    global _kept, _loads
     stamp = _checkpoint_stamp(cfg, source)
-    reused = _kept is not None and _kept[0] == stamp
+    reused = _kept is not None and _kept[0][0] == stamp
     if not reused:
         _kept = None  # free the previous one first
-        _kept = (stamp, *_load_backbone(cfg, source))
+        _loads += 1
+        _kept = ((stamp, _loads), *_load_backbone(cfg, source))
     assert _kept is not None
-    return copy.deepcopy(_kept[1]), copy.deepcopy(_kept[2]), reused
+    return copy.deepcopy(_kept[1]), copy.deepcopy(_kept[2]), reused, _kept[0]
 
 
 class GenreClassifier(nn.Module):
@@ -186,6 +190,10 @@ class GenreClassifier(nn.Module):
         self.head = mlp_head(d, adapters.hidden, n_classes)
         self.backbone_reused = False  # build_model: the backbone was copied from this process's memory
         self.prefix_digests: dict[tuple, str] = {}  # prefix_cache.prefix_weights_digest's, by the weights' versions
+        # build_model's: the checkpoint load the frozen weights were copied from, and each frozen tensor's (version,
+        # dtype) then
+        self.weights_stamp: tuple | None = None
+        self.built_versions: dict[str, tuple[int, torch.dtype]] = {}
 
     @property
     def n_layers(self) -> int:
@@ -250,7 +258,7 @@ def build_model(
     if adapters.rank < 1:
         raise ModelSettingError(f"encoder_update_rank must be >= 1, got {adapters.rank}")
     cfg, source = backbone_config(pretrained, frames, mel_bins)
-    backbone, head_norm, reused = kept_backbone(cfg, source)
+    backbone, head_norm, reused, stamp = kept_backbone(cfg, source)
     torch.manual_seed(seed)
     model = GenreClassifier(backbone, n_classes, adapters, head_norm)
     model.backbone_reused = reused
@@ -259,7 +267,26 @@ def build_model(
     inject_adapter_in_model(dora_config(adapters, model.n_layers), model.backbone)
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("head.") or "lora_" in name)
+    model.weights_stamp = stamp
+    model.built_versions = {n: (t._version, t.dtype) for n, t in frozen_tensors(model)}
     return model
+
+
+def frozen_tensors(model: GenreClassifier) -> list[tuple[str, torch.Tensor]]:
+    """The backbone's tensors that never train (every one but the adapters'), by name."""
+    named = [*model.backbone.named_parameters(), *model.backbone.named_buffers()]
+    return [(n, t) for n, t in named if not t.requires_grad]
+
+
+def untouched(model: GenreClassifier) -> bool:
+    """Whether ``model``'s frozen weights are still the checkpoint's that ``build_model`` copied: every frozen tensor
+    is there, in its dtype then, and unchanged in place since (torch bumps a tensor's ``_version`` at every in-place
+    change, ``copy_`` and ``load_state_dict`` included; moving to another device copies the values exactly). Writes
+    through ``.data`` are not seen: the project makes none to frozen weights."""
+    if model.weights_stamp is None:
+        return False
+    now = {n: (t._version, t.dtype) for n, t in frozen_tensors(model)}
+    return now == model.built_versions
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

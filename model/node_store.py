@@ -17,6 +17,8 @@ memory still trains (at disk speed).
   sources, features and shards of its manifest); the cache's key adds the exact prefix weights.
 - **Within the disk:** a dataset that does not fit the disk is an error naming both; a cache that does not
   fit (``--node-disk-gb``, or the free disk) is turned off with one warning, and training reads features.
+  A cache larger than the memory available for the page cache is still used, with one line saying that it
+  will be read from the disk each epoch (``page_cache_note``).
 - **Kept for reuse:** a store stays until its folder is removed (a cluster's nodes take theirs with them
   on ``ray down``); the root is ``--node-store``, else ``$GENRE_SWEEP_NODE_STORE``, else
   ``genre-sweep-store`` in the system's temp folder.
@@ -187,6 +189,31 @@ def room_for(need: int, root: Path, budget_gb: float | None) -> str | None:
     return None
 
 
+def memory_available() -> int | None:
+    """What this machine's memory has available for the page cache now: the kernel's MemAvailable (free memory plus
+    the page cache and reclaimable memory it can give back; what psutil reports as ``available``), or None where
+    there is no /proc/meminfo."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def page_cache_note(cache: int, available: int | None) -> str | None:
+    """One line when a prefix cache of ``cache`` bytes outgrows the memory ``available`` for the page cache (it is
+    still used, but then read from the disk each epoch, at the disk's speed); None when it fits or nothing is
+    known."""
+    if available is None or cache <= available:
+        return None
+    return (
+        f"the prefix cache ({human(cache)}) is larger than the {human(available)} of memory available for the page "
+        "cache: it will be read from disk each epoch (at the disk's speed)"
+    )
+
+
 def node_data(
     uri: str, options: StoreOptions = StoreOptions(), splits=("train", "val", "test"), root: Path | str | None = None
 ) -> TrainData:
@@ -245,7 +272,8 @@ def node_prefix(
     root = Path(root or default_root())
     if isinstance(model, str):
         model = build_model(model, len(data.genres), AdapterSettings(min_layer=start), data.frames, data.mel_bins)
-    key = cache_key(model, data, start)
+    dev = resolve_device(device)
+    key = cache_key(model, data, start, dev)  # states computed on another kind of device are another cache
     folder = root / f"prefix-{key[:24]}"
     shape = state_shape(model)
 
@@ -266,7 +294,6 @@ def node_prefix(
             return data
         folder.mkdir(parents=True, exist_ok=True)
         with _exclusive(root / f"{folder.name}.lock"):
-            dev = resolve_device(device)
             model = model.to(dev)
             for split in missing:
                 if path(split).exists():  # built while this process waited for the lock
@@ -292,6 +319,9 @@ def node_prefix(
                     seconds,
                 )
     states = {s: np.load(path(s), mmap_mode="r") for s, arrays in data.splits.items() if len(arrays)}
+    slow = page_cache_note(sum(a.nbytes for a in states.values()), memory_available())
+    if slow:
+        log.warning("node store: %s", slow)
     # the features stay mapped too (they cost nothing until read): the retrain tests the exported model on them
     return data.with_prefix(PrefixCache(start, key, states))
 

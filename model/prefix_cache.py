@@ -7,8 +7,9 @@ weights, features). They are computed once per
 them from its disk: ``model.node_store.node_prefix``), and each step's forward then starts at layer
 ``start``'s FFN.
 
-The key hashes the features' dataset identity and the exact prefix weights, so states from another
-checkpoint or dataset are refused, never silently reused. It does not name the splits: a split's states
+The key hashes the features' dataset identity, the exact prefix weights, and the kind of device and the
+precision the states were computed in (bf16 on CUDA, fp32 on the CPU), so states from another checkpoint,
+dataset or kind of device are refused, never silently reused. It does not name the splits: a split's states
 are the same whichever other splits were loaded, so the retrain reuses the trials' and adds the test's.
 """
 
@@ -25,8 +26,8 @@ import torch
 from genre_sweep.errors import GenreSweepError
 from genre_sweep.model.configs import AdapterSettings
 from genre_sweep.model.data import SplitArrays, TrainData, as_tensor
-from genre_sweep.model.device import autocast, input_dtype, resolve_device
-from genre_sweep.model.dora_ast import GenreClassifier, build_model, sequence_length
+from genre_sweep.model.device import autocast, compute_dtype, halving, input_dtype, resolve_device
+from genre_sweep.model.dora_ast import GenreClassifier, build_model, sequence_length, untouched
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,30 @@ def _prefix_tensors(model: GenreClassifier, start: int) -> list[tuple[str, torch
     return [(f"{prefix}.{name}", t) for prefix, module in parts for name, t in sorted(module.state_dict().items())]
 
 
+# prefix_weights_digest's of untouched models (``dora_ast.untouched``), by (checkpoint load, start): a reused trial
+# process builds a new model from the same loaded checkpoint for each trial (``dora_ast.kept_backbone``), and hashes
+# its prefix (~300 MB for AST-base) once. Safe: every model of one load holds a copy of that load's very weights
+# while untouched (no in-place change, the same dtype), a new load (even of a checkpoint under the same stamp) is
+# another key, and a model changed in place, or built otherwise, is hashed as before. A process sees a load or two.
+_untouched_digests: dict[tuple, str] = {}
+hashes = 0  # how many times this process hashed prefix weights (tests count them)
+
+
 def prefix_weights_digest(model: GenreClassifier, start: int) -> str:
     """blake2b of every tensor the prefix up to layer ``start``'s attention uses. Computed once per model and weights
     however often it is asked for (a trial asks for its node store's folder, then ``train`` checks): the model keeps
     it with each tensor's address and version, and torch bumps a tensor's ``_version`` at every in-place change, so
-    a weight changed since is hashed again (tests/model/test_prefix_cache.py changes some)."""
+    a weight changed since is hashed again (tests/model/test_prefix_cache.py changes some). And once per process for
+    the models ``build_model`` builds from one checkpoint, as long as their frozen weights are untouched
+    (``_untouched_digests``)."""
+    global hashes
+    shared = (model.weights_stamp, start) if untouched(model) else None
+    if shared is not None and shared in _untouched_digests:
+        return _untouched_digests[shared]
     tensors = _prefix_tensors(model, start)
     stamp = (start, tuple((t.data_ptr(), t._version) for _, t in tensors))
     if stamp not in model.prefix_digests:
+        hashes += 1
         h = hashlib.blake2b(digest_size=16)
         h.update(f"{type(model.backbone).__name__}:{start}:after-attention".encode())
         for name, t in tensors:
@@ -78,12 +95,19 @@ def prefix_weights_digest(model: GenreClassifier, start: int) -> str:
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         model.prefix_digests.clear()  # one set of weights at a time
         model.prefix_digests[stamp] = h.hexdigest()
+    if shared is not None:
+        _untouched_digests[shared] = model.prefix_digests[stamp]
     return model.prefix_digests[stamp]
 
 
-def cache_key(model: GenreClassifier, data: TrainData, start: int) -> str:
-    """What the states depend on: the dataset's identity, its window shape, and the prefix weights."""
-    ident = f"{data.fingerprint}|{data.frames}x{data.mel_bins}|{start}"
+def cache_key(
+    model: GenreClassifier, data: TrainData, start: int, device: torch.device, dtype: torch.dtype | None = None
+) -> str:
+    """What the states depend on: the dataset's identity, its window shape, the prefix weights, and where and in what
+    precision they are computed (``device``'s type; ``dtype``, by default ``device``'s: bf16 autocast on CUDA, fp32
+    on the CPU), whose states differ in their last bits: a store built on the CPU is not used on a GPU, nor back."""
+    dtype = compute_dtype(device) if dtype is None else dtype
+    ident = f"{data.fingerprint}|{data.frames}x{data.mel_bins}|{start}|{device.type}|{dtype}"
     return hashlib.sha256(f"{ident}|{prefix_weights_digest(model, start)}".encode()).hexdigest()
 
 
@@ -103,18 +127,27 @@ def compute_states(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, tokens, hidden) bf16 bits (uint16) of the states entering layer ``start``'s FFN for every window, written
-    into ``out`` (for example a memory-mapped file) when given, one batch at a time."""
+    into ``out`` (for example a memory-mapped file) when given, one batch at a time; ``batch_size`` halved on a CUDA
+    out-of-memory error (``halving``), from the failed batch on."""
     if len(split) == 0:
         raise CacheMismatch("cannot cache an empty split")
     if out is None:
         out = np.empty((len(split), *state_shape(model)), np.uint16)
     model.eval()
     feats = as_tensor(split.features)
-    for i in range(0, len(split), batch_size):
-        x = feats[i : i + batch_size].to(device, non_blocking=True).to(input_dtype(device, cached=False))
-        with autocast(device):
-            h = model.prefix(x, start)
-        out[i : i + len(h)] = h.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+    done = 0  # windows written
+
+    def batches(size: int) -> None:
+        nonlocal done
+        for i in range(done, len(split), size):
+            # a plain copy: non_blocking from pageable (unpinned, maybe memory-mapped) memory gains nothing
+            x = feats[i : i + size].to(device).to(input_dtype(device, cached=False))
+            with autocast(device):
+                h = model.prefix(x, start)
+            out[i : i + len(h)] = h.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+            done = i + len(h)
+
+    halving(batches, batch_size, device, "the prefix cache build")
     return out
 
 
@@ -125,7 +158,7 @@ def build_cache(model: GenreClassifier, data: TrainData, start: int, device: tor
     began = time.perf_counter()
     model = model.to(device)
     states = {name: compute_states(model, split, start, batch_size, device) for name, split in data.splits.items()}
-    cache = PrefixCache(start, cache_key(model, data, start), states)
+    cache = PrefixCache(start, cache_key(model, data, start, device), states)
     n = sum(len(s) for s in data.splits.values())
     log.info(
         "prefix cache: %d windows entering layer %d's FFN, %.2f GB bf16, built in %.1f s on %s",
@@ -144,16 +177,18 @@ def build_for(pretrained: str, data: TrainData, start: int, device: str = "auto"
     return build_cache(model, data, start, resolve_device(device))
 
 
-def check_cache(cache: PrefixCache, model: GenreClassifier, data: TrainData) -> None:
-    """Refuse a cache that isn't exactly this dataset's states under this model's frozen prefix."""
+def check_cache(cache: PrefixCache, model: GenreClassifier, data: TrainData, device: torch.device) -> None:
+    """Refuse a cache that isn't exactly this dataset's states under this model's frozen prefix, computed on a
+    ``device`` of this type and precision (the one about to train on it)."""
     if cache.start > model.adapters.min_layer:
         raise CacheMismatch(
             f"the cache holds states entering layer {cache.start}'s FFN, above this model's lowest adapter "
             f"{model.adapters.min_layer}"
         )
-    if cache.key != cache_key(model, data, cache.start):
+    if cache.key != cache_key(model, data, cache.start, device):
         raise CacheMismatch(
-            "the prefix cache was built from other weights or another dataset (its key differs); rebuild it"
+            "the prefix cache was built from other weights or another dataset, or on another kind of device or "
+            f"precision than {device.type}'s (its key differs); rebuild it"
         )
     for name, split in data.splits.items():
         if len(split) and (name not in cache.states or len(cache.states[name]) != len(split)):

@@ -4,6 +4,8 @@ AdamW (fused on GPU) with weight decay on non-bias, non-norm trainable weights; 
 linear decay (transformers' scheduler); gradient accumulation; clipping; bf16 autocast on GPU, fp32 on
 CPU; validation (window and clip accuracy) after every epoch; one ``report(metrics, checkpoint_dir)``
 per epoch; a checkpoint per epoch (the latest kept, with the best epoch's weights); resume from a checkpoint.
+Asked to stop mid-epoch (``stop``: a trial whose node is being preempted), it checkpoints that exact step
+(``Stopped``); resumed from there, it ends with exactly the parameters of a run that never stopped.
 """
 
 from __future__ import annotations
@@ -34,31 +36,42 @@ from genre_sweep.model.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    load_position,
     load_trainable,
     restore_best,
     save_checkpoint,
 )
 from genre_sweep.model.configs import TrainConfig, score
 from genre_sweep.model.data import (
-    RESIDENT_MAX_BYTES,
-    RESIDENT_SHARE,
     Gather,
     SplitArrays,
     TrainData,
     as_tensor,
     check_dataset,
     load_data,
+    resident_budget,
+    resident_copy,
     resident_fits,
 )
-from genre_sweep.model.device import autocast, describe, input_dtype, resolve_device
+from genre_sweep.model.device import autocast, describe, halving, input_dtype, resolve_device
 from genre_sweep.model.dora_ast import GenreClassifier, build_model
 from genre_sweep.model.export import export_model
+from genre_sweep.model.prefetch import epoch_chunks, ring_depth
 from genre_sweep.model.prefix_cache import check_cache
 from genre_sweep.seeds import stable_seed
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, Any], Path], None]
+
+
+class Stopped(Exception):
+    """``train`` stopped before step ``step`` of epoch ``epoch`` because its ``stop`` said so; ``path`` is the
+    checkpoint of that exact position (``train(..., resume=path)`` goes on from it)."""
+
+    def __init__(self, path: Path, epoch: int, step: int, steps: int) -> None:
+        super().__init__(f"stopped at epoch {epoch} step {step} of {steps}; checkpoint {path}")
+        self.path, self.epoch, self.step, self.steps = path, epoch, step, steps
 
 
 @dataclasses.dataclass
@@ -120,16 +133,54 @@ def accumulate(
     return total
 
 
+# Graphs dynamo may keep per function (its default, 8, is reached by a reused process's trials of a few shapes; past
+# it dynamo runs eagerly without a word). A process past RESET_AFTER shapes starts dynamo afresh.
+RECOMPILE_LIMIT = 64
+RESET_AFTER = 16
+_compiled: dict[str, Callable[..., torch.Tensor]] = {}  # compile mode -> the process's compiled ``logits_from``
+_compiled_shapes: set[tuple[Any, ...]] = set()  # the models (trainable shapes, start, device) compiled for so far
+_compile_failed: dict[str, str] = {}  # compile mode -> why it failed in this process: later runs go eager at once
+
+
+def compile_mode(asked: str, device: torch.device) -> str:
+    """The ``torch.compile`` mode a run uses: ``auto`` is ``default`` on a GPU and off elsewhere."""
+    return ("default" if device.type == "cuda" else "off") if asked == "auto" else asked
+
+
+def compiled_logits(mode: str, model: GenreClassifier, start: int | None) -> Callable[..., torch.Tensor]:
+    """``logits_from`` compiled once per process for ``mode``, with the model an argument: a later model of the same
+    shapes (the next trial of a reused trial actor) runs the graphs compiled for the first with no recompile, and the
+    batch dimension is dynamic (the epoch's shorter last step compiles nothing new). Returns ``forward(x)``."""
+    shape = (tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad), start)
+    shape += (str(next(model.parameters()).device),)
+    if shape not in _compiled_shapes and len(_compiled_shapes) >= RESET_AFTER:
+        torch._dynamo.reset()  # never near dynamo's limit, past which it would run eagerly without a word
+        _compiled.clear()
+        _compiled_shapes.clear()
+    _compiled_shapes.add(shape)
+    if mode not in _compiled:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        _compiled[mode] = torch.compile(logits_from, mode=mode)
+    compiled = _compiled[mode]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            torch._dynamo.mark_dynamic(x, 0)
+        return compiled(model, x, start)
+
+    return forward
+
+
 @dataclasses.dataclass
 class Stepper:
     """One optimizer step over the given examples: forward and backward in passes of ``chunk`` windows (halved on
     a CUDA out-of-memory error, and the step redone), clipping, AdamW, the schedule. Nothing in it waits for the
     GPU: the loss comes back as a tensor on the device.
 
-    ``compile`` (a ``torch.compile`` mode, or "off"): the trained part of the forward (from the cached states, or
-    the whole forward from features) and its backward run compiled; it compiles at the first step (and once more
-    for the epoch's shorter last step). If compiling fails, the step is redone eagerly, and stays eager, with one
-    warning.
+    ``compile`` (a ``torch.compile`` mode, "auto" or "off"): the trained part of the forward (from the cached states,
+    or the whole forward from features) and its backward run compiled (``compiled_logits``: once per process, reused
+    by later runs of the same shapes). If compiling fails, the step is redone eagerly, and this process's later runs
+    stay eager, with one warning.
     """
 
     model: GenreClassifier
@@ -140,20 +191,21 @@ class Stepper:
     device: torch.device
     max_grad_norm: float
     chunk: int
-    compile: str = "off"
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.eager = functools.partial(logits_from, self.model, start=self.start)
         self.forward = self.eager
+        self.compile = compile_mode(self.compile, self.device)
         # gradients accumulate into buffers of their own under CUDA graphs: a replayed graph rewrites its outputs, so
         # a gradient adopted from one (as autograd adopts a first gradient) would be overwritten by the next pass
         self.keep_grads = self.compile == "reduce-overhead"
-        if self.compile != "off":
-            # from a clean slate: earlier models' compiled versions (a reused trial process) never pile up to dynamo's
-            # recompile limit, past which it would run eagerly without a word; this one compiles from inductor's caches
-            torch._dynamo.reset()
-            self.forward = torch.compile(self.eager, mode=self.compile)
+        if self.compile in _compile_failed:
+            why = _compile_failed[self.compile]
+            log.warning("torch.compile failed earlier in this process, training eagerly: %s", why)
+        elif self.compile != "off":
+            self.forward = compiled_logits(self.compile, self.model, self.start)
         if self.keep_grads:
             for p in self.trainable:
                 p.grad = torch.zeros_like(p)
@@ -174,6 +226,7 @@ class Stepper:
                 if self.forward is self.eager:
                     raise
                 self.forward = self.eager
+                _compile_failed[self.compile] = one_line(e)
                 log.warning("torch.compile failed, training eagerly from now on: %s", one_line(e))
             self.optimizer.zero_grad(set_to_none=not self.keep_grads)  # redo this step's passes
             if out_of_memory:
@@ -203,7 +256,8 @@ def predict_logits(
     device: torch.device,
     inputs: tuple[torch.Tensor, int | None] | None = None,
 ) -> torch.Tensor:
-    """Logits (N, C) float32 on CPU for every window of ``split``, the model in eval mode.
+    """Logits (N, C) float32 on CPU for every window of ``split``, the model in eval mode; ``batch_size`` halved on a
+    CUDA out-of-memory error (``halving``).
 
     ``inputs`` (from ``split_inputs``) may replace the split's features with its cached prefix states.
     """
@@ -211,11 +265,15 @@ def predict_logits(
     model.eval()
     xs, start = inputs if inputs is not None else (as_tensor(split.features), None)
     dtype = input_dtype(device, cached=start is not None)
-    out = []
-    for i in range(0, len(split), batch_size):
-        x = xs[i : i + batch_size].to(device, non_blocking=True).to(dtype)
-        with autocast(device):
-            out.append(logits_from(model, x, start).float())
+    out: list[torch.Tensor] = []
+
+    def batches(size: int) -> None:  # from the first window not done yet: a halved batch redoes only the failed one
+        for i in range(sum(len(o) for o in out), len(split), size):
+            x = xs[i : i + size].to(device).to(dtype)  # a plain copy: non_blocking from pageable memory gains nothing
+            with autocast(device):
+                out.append(logits_from(model, x, start).float())
+
+    halving(batches, batch_size, device, "validation")
     model.train(was_training)
     return torch.cat(out).cpu() if out else torch.zeros(0)
 
@@ -277,13 +335,15 @@ def train(
     report: Report | None = None,
     started: float | None = None,
     model: GenreClassifier | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train one configuration on ``data``; returns the model with its best epoch's weights.
 
     With ``data.prefix`` (a frozen-prefix cache whose key matches this model and data) every forward
     starts from the cached states. ``started`` (a ``time.perf_counter()`` value, default now) is when
     the caller began: epoch 1 reports ``first_step_s``, the time from it to the first optimizer step. ``model``,
-    when given, is ``build_model``'s for this configuration (``model_for``), untrained.
+    when given, is ``build_model``'s for this configuration (``model_for``), untrained. ``stop``, asked before
+    every optimizer step, may end the run there: the exact position is checkpointed and ``Stopped`` raised.
     """
     started = time.perf_counter() if started is None else started
     run_dir = Path(config.out)
@@ -296,7 +356,7 @@ def train(
 
     model = model if model is not None else model_for(config, data)
     if data.prefix is not None:
-        check_cache(data.prefix, model, data)  # before the move: the key of these very tensors is known
+        check_cache(data.prefix, model, data, device)  # before the move: the key of these very tensors is known
     model = model.to(device)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(
@@ -310,23 +370,31 @@ def train(
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     first_epoch = 1
+    position: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None  # where a mid-epoch checkpoint stood
     if config.resume:
         path = latest_checkpoint(run_dir) if config.resume == "auto" else Path(config.resume)
         if path is not None:
             state = load_checkpoint(path, model, optimizer, scheduler)
             restore_best(path, state, run_dir / "best")  # a retried trial resumes in a new folder
             history, best, first_epoch = state["history"], state["best"], state["epoch"] + 1
-            log.info("resumed from %s at epoch %d", path, first_epoch)
+            if "in_epoch" in state:
+                position = state["in_epoch"], load_position(path)
+                log.info("resumed from %s at epoch %d step %d", path, first_epoch, state["in_epoch"]["step"])
+            else:
+                log.info("resumed from %s at epoch %d", path, first_epoch)
     # metrics.jsonl holds exactly the epochs in ``history``: rewrite it from there
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
 
     (xs, start_layer), labels = split_inputs(data, "train"), torch.from_numpy(train_split.labels)
     val_inputs = split_inputs(data, "val")
     resident = resident_fits(xs.nbytes + val_inputs[0].nbytes, device)
-    if resident:  # gathered on the GPU from here on: nothing crosses the bus per step
-        val_inputs = (val_inputs[0].to(device), val_inputs[1])
+    if resident:  # gathered on the GPU from here on: nothing crosses the bus per step (None: out of memory, host)
+        moved = resident_copy((xs, labels, val_inputs[0]), device)
+        resident = moved is not None
+        if moved is not None:
+            xs, labels, val_inputs = moved[0], moved[1], (moved[2], val_inputs[1])
     if device.type == "cuda":
-        limit = f"over {RESIDENT_SHARE:.0%} of free GPU memory or {RESIDENT_MAX_BYTES / 1e9:g} GB"
+        limit = f"over this trial's {resident_budget(device) / 1e9:.2f} GB: its share of the GPU's memory less a margin"
         log.info(
             "%s: %.2f GB of training and validation %s %s",
             device,
@@ -339,7 +407,7 @@ def train(
         model,
         optimizer,
         scheduler,
-        Gather((xs, labels), chunk, device, resident),
+        Gather((xs, labels), chunk, device, resident, ring_depth(config.prefetch, device)),
         start_layer,
         device,
         config.max_grad_norm,
@@ -356,12 +424,41 @@ def train(
         ).to(step.gather.index_device)
         model.train()
         loss_sum = torch.zeros((), device=device)
-        for first in range(0, len(order), effective):
+        done = 0  # optimizer steps of this epoch already taken (by the run a mid-epoch checkpoint came from)
+        if position is not None:
+            (in_epoch, tensors), position = position, None
+            done, start = in_epoch["step"], start - in_epoch["train_s"]
+            loss_sum += tensors["loss_sum"].to(device)[0]
+            set_random_state(tensors, device)
+        if step.gather.ring is not None:  # host-gathered: a thread gathers this epoch's passes ahead, in order
+            step.gather.plan(epoch_chunks(order, effective, step.chunk, done))
+        steps = range(0, len(order), effective)
+        for index, first in enumerate(steps):
+            if index < done:
+                continue
+            if stop is not None and stop():
+                path = save_checkpoint(
+                    run_dir / "checkpoints" / f"stopped-epoch-{epoch:03d}-step-{index:05d}",
+                    model,
+                    optimizer,
+                    scheduler,
+                    {
+                        "epoch": epoch - 1,
+                        "history": history,
+                        "best": best,
+                        "in_epoch": {"epoch": epoch, "step": index, "train_s": time.perf_counter() - start},
+                    },
+                    best=None if best is None else run_dir / "best" / TRAINABLE,
+                    position={"loss_sum": loss_sum.detach().reshape(1), **random_state(device)},
+                )
+                raise Stopped(path, epoch, index, len(steps))
             loss_sum += step(order[first : first + effective], weights[first : first + effective])
             if first_step_s is None:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # once per run: the time of a finished step
                 first_step_s, first_step_at = time.perf_counter() - started, time.time()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the epoch's steps finished, not just enqueued
         train_s = time.perf_counter() - start
         val = validation_metrics(
             predict_logits(model, val_split, config.eval_batch_size, device, val_inputs), val_split
@@ -414,6 +511,21 @@ def train(
     load_trainable(run_dir / "best", model)
     assert best is not None
     return TrainResult(model, best["epoch"], best, history, run_dir)
+
+
+def random_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators a training step draws from (dropout): the CPU's, and the GPU's on one."""
+    state = {"rng_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_random_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Put back ``random_state``'s generators."""
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"], device)
 
 
 def model_for(config: TrainConfig, data: TrainData) -> GenreClassifier:

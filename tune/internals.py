@@ -7,8 +7,9 @@ the way `ray up` does, stop a running ``Tuner.fit`` gracefully on SIGTERM as on 
 credentials out of the runtime environment Tune gives every trial (Ray's runtime-env agent logs it in plain text), let
 a resumed sweep's retention pass over checkpoints its killed driver had already deleted, forward a reused trial
 actor's log lines under the trial it runs now, leave out Tune's TensorBoard hint (a folder the trials' event
-files are not in), let a search a stop rule ended go on when resumed with a larger budget, and add loggers to a
-Tuner (made or restored) and run W&B's per-trial logging actors in the driver's W&B environment. Each
+files are not in), let a search a stop rule ended go on when resumed with a larger budget, add loggers to a
+Tuner (made or restored) and run W&B's per-trial logging actors in the driver's W&B environment, and read which
+nodes Ray is draining (a trial on a node being preempted checkpoints and moves). Each
 accessor checks the attribute's presence and shape and raises ``LibraryChanged`` naming it;
 ``tests/tune/test_internals.py`` runs them all against the installed Ray and Optuna in a second.
 """
@@ -336,3 +337,24 @@ def reopen_stopped_search() -> None:
     set_state_reopened.reopens = True  # type: ignore[attr-defined]
     set_state_reopened.wrapped = set_state  # type: ignore[attr-defined]
     generator.set_state = set_state_reopened  # type: ignore[union-attr]
+
+
+# --- Ray's nodes being drained (a spot notice, `ray drain-node`) ---------------------------------------------
+
+
+def draining_nodes() -> dict[str, int]:
+    """The nodes Ray is draining, as {node id hex: deadline in ms since the epoch, 0 for none}, read from the GCS by
+    a connected process (``ray._private.state.state.get_draining_nodes``, what Ray Train's own preemption watcher
+    reads)."""
+    get = getattr(_attr(_module("ray._private.state"), "state", object), "get_draining_nodes", None)
+    if not callable(get):
+        raise LibraryChanged(
+            "ray._private.state.state.get_draining_nodes is gone; genre_sweep/tune/internals.py needs updating"
+        )
+    nodes = get()
+    if not isinstance(nodes, dict):
+        raise LibraryChanged(
+            f"ray._private.state.state.get_draining_nodes() returned a {type(nodes).__name__}, not a dict; "
+            "genre_sweep/tune/internals.py needs updating for the installed Ray"
+        )
+    return nodes

@@ -19,7 +19,7 @@ from ray import tune
 
 from genre_sweep.model.configs import score
 from genre_sweep.store import StoreOptions, storage_full
-from genre_sweep.tune import budget, internals
+from genre_sweep.tune import budget, internals, preemption
 from genre_sweep.tune.state import COPY_EVERY_S, keep_whole_copies
 from genre_sweep.tune.trial import TRIAL_ERROR
 
@@ -73,6 +73,8 @@ class SweepProgress(tune.Callback):
         log.info("trial %s started (%d of %d): %s", trial.trial_id, self.started, self.trials, config)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "preempted_node" in result:  # its first epoch since it moved off a node being preempted
+            log.warning("%s", preemption.moved_line(trial.trial_id, result))
         started = self.start_times.get(trial.trial_id)
         if "first_step_at" in result and started is not None and trial.trial_id not in self.overheads:
             self.overheads[trial.trial_id] = result["first_step_at"] - started
@@ -144,6 +146,10 @@ class SweepProgress(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self._storage_filled(trial):
+            return
+        error = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
+        if preemption.TrialPreempted.__name__ in error:  # its own line said where it stopped; no failure counted
+            log.info("trial %s: waiting for a node that is not being preempted", trial.trial_id)
             return
         epoch = int((trial.last_result or {}).get("training_iteration", 0))
         where = f"its checkpoint of epoch {epoch}" if trial.checkpoint is not None else "its start (no checkpoint yet)"

@@ -28,7 +28,7 @@ from genre_sweep.errors import one_line, user_error
 from genre_sweep.jobs import worker_logging
 from genre_sweep.model.checkpoint import TRAINABLE, load_trainable
 from genre_sweep.model.configs import TrainConfig, score
-from genre_sweep.model.device import resolve_device
+from genre_sweep.model.device import released_task, resolve_device
 from genre_sweep.model.evaluate import evaluate_split
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.model.train import epoch_key
@@ -152,7 +152,7 @@ def confirm(
     # seeds no trial used (every trial trains with --seed): a retrain with it would repeat the very run that put
     # its candidate in the top k, and count that luck again
     seeds = retrain_seeds(cfg)
-    task = ray.remote(retrain_seed).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
+    task = released_task(retrain_seed, cfg.cpus_per_trial, cfg.gpus_per_trial)  # each worker ends after its call
     configs = {(c.trial, s): record.train_config(cfg, **c.params, seed=s) for c in candidates for s in seeds}
     log.info(
         "confirmation: the search's top %d configurations%s (%s) x %d seeds = %d retrains",
@@ -221,7 +221,7 @@ def test_chosen(
     runs = confirmation.runs_of(chosen.trial)
     export = max(range(len(runs)), key=lambda i: (score(runs[i].val[cfg.metric], confirmation.mode), -i))
     configs = [record.train_config(cfg, **chosen.params, seed=r.seed) for r in runs]
-    task = ray.remote(test_seeds).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
+    task = released_task(test_seeds, cfg.cpus_per_trial, cfg.gpus_per_trial)  # each worker ends after its call
     began = time.monotonic()
     out = ray.get(task.remote(configs, [weights[chosen.trial, r.seed] for r in runs], source, export))
     wall = time.monotonic() - began

@@ -27,11 +27,11 @@ from ray import tune
 from genre_sweep.cli import job_main
 from genre_sweep.errors import one_line
 from genre_sweep.interrupt import Interrupted, graceful
-from genre_sweep.model.device import describe, resolve_device
+from genre_sweep.model.device import describe, released_task, resolve_device
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.ray_start import init_ray
 from genre_sweep.store import absolute, filesystem, storage_full
-from genre_sweep.tune import internals, lease
+from genre_sweep.tune import internals, lease, preemption
 from genre_sweep.tune.budget import BudgetStopper, BudgetWatch, refuse_if_spent
 from genre_sweep.tune.budget import session as budget_session
 from genre_sweep.tune.capacity import Capacity, cluster_capacity
@@ -178,7 +178,7 @@ def _device_facts(device: str) -> dict[str, Any]:
 def check_trial_device(cfg: SweepConfig) -> None:
     """Before any trial: one task with a trial's resources checks the device there, so a node that cannot use
     the GPU Ray gives it fails the sweep at once, not each trial after its start."""
-    task = ray.remote(_device_facts).options(num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial)
+    task = released_task(_device_facts, cfg.cpus_per_trial, cfg.gpus_per_trial)  # its worker ends after the call
     log.info("trials run on: %s", ray.get(task.remote(cfg.device)))
 
 
@@ -251,6 +251,7 @@ def _sweep(cfg: SweepConfig, record: SweepRecord, at_once: int, dashboard: str |
     )
     for hint in watch_hints(cfg, dashboard):
         log.info("%s", hint)
+    preemption.quiet_tune_on_preemption()  # a trial moved off a node being preempted has not failed
     internals.drop_tensorboard_hint()  # Tune's would name its staging folder in Ray's temp folder, not the trials'
     # Ctrl-C or SIGTERM: Tune saves its state and stops the trials, which stay resumable (not failed in the study)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (below) stops Tune the same way, for SIGTERM too

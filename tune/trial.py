@@ -3,12 +3,16 @@ epoch with its checkpoint."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import logging
 import math
 import os
 import posixpath
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +26,7 @@ from genre_sweep.model.checkpoint import OPTIMIZER, STATE, TRAINABLE
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.node_store import NodeData
 from genre_sweep.store import with_retries
-from genre_sweep.tune import internals
+from genre_sweep.tune import internals, preemption
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +71,16 @@ def run_trial(config: dict[str, Any], data: NodeData, template: TrainConfig) -> 
     mapped from this node's store, with the frozen-prefix cache there when the sweep uses one (the node's first
     trial builds it).
 
-    A retried or resumed trial continues from its last checkpoint. Every report carries the node id and process
+    A retried or resumed trial continues from its last checkpoint (or from the exact step it stopped at, when its
+    node was being preempted: ``tune.preemption``). Every report carries the node id and process
     id, so placement is visible in the results, and whether the backbone came from the memory of the process's
     previous trial (Tune reuses a trial's actor for the next: ``reuse_actors``).
 
     A setting that cannot train (a ``ConfigError``: a value the config or the model refuses, which fails again
     however often it is tried), or a damaged shard (a ``DatasetError``: its checksum disagrees), is not raised,
     which Tune would retry: the trial reports it once as ``trial_error`` (with the metric as NaN, which the
-    scheduler, the searcher and the report know) and ends. Anything else (a
+    scheduler, the searcher and the report know) and ends. A trial whose node is being preempted checkpoints and
+    ends with ``TrialPreempted``, which Tune retries elsewhere without counting it. Anything else (a
     killed process, a lost node, a store outage, an unreachable hub, a GPU a node cannot use) is raised and retried
     from the checkpoint, up to ``--max-failures``.
     """
@@ -83,36 +89,96 @@ def run_trial(config: dict[str, Any], data: NodeData, template: TrainConfig) -> 
     from ray import tune
 
     try:
-        train_trial(config, data, template, started)
+        on_trial_thread(train_trial, config, data, template, started)
     except (ConfigError, DatasetError) as e:  # a setting that cannot train, a damaged shard: retrying cannot help
         reason = one_line(e)
         log.warning("trial %s cannot train its configuration: %s", tune.get_context().get_trial_id(), reason)
         tune.report({template.metric: math.nan, TRIAL_ERROR: reason})
 
 
+# The one thread of a trial process that trains: Tune runs each trial's function in a thread of its own, and a reused
+# process's next trial in another, while torch's CUDA graphs (``compile: reduce-overhead``) belong to the thread that
+# recorded them. Every trial of the process trains here, so its compiled step and graphs serve them all.
+# A daemon thread, so that a process ending with a trial blocked in ``tune.report`` does not wait for it.
+_trial_jobs: queue.SimpleQueue[tuple[concurrent.futures.Future, Callable[..., None], tuple[Any, ...]]] = (
+    queue.SimpleQueue()
+)
+_trial_thread: threading.Thread | None = None
+
+
+def _run_trial_jobs() -> None:
+    while True:
+        done, fn, args = _trial_jobs.get()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 (Tune's stop is a SystemExit from tune.report: passed on as is)
+            done.set_exception(e)
+
+
+def on_trial_thread(fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)`` on the process's trial thread, waited for; what it raises is raised here (Tune's stop of a trial,
+    a ``SystemExit`` from ``tune.report`` there, included)."""
+    global _trial_thread
+    if _trial_thread is None or not _trial_thread.is_alive():
+        _trial_thread = threading.Thread(target=_run_trial_jobs, name="genre-sweep-trial", daemon=True)
+        _trial_thread.start()
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    _trial_jobs.put((done, fn, args))
+    done.result()
+
+
 def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, started: float) -> None:
     import ray
     from ray import tune
 
+    from genre_sweep.model.train import Stopped
+
     release_previous_trial()
+    trial_id, node_id = tune.get_context().get_trial_id(), ray.get_runtime_context().get_node_id()
+    if preemption.node_draining(node_id):  # a reused actor on a node being preempted (Ray starts no new one there)
+        raise preemption.TrialPreempted(
+            f"trial {trial_id} was given an actor on node {node_id[:8]}, which is being preempted: starting elsewhere"
+        )
     out = Path(tempfile.mkdtemp(prefix="trial-", dir=os.getcwd()))
     values = {**config, "out": str(out)}
-    checkpoint = resumable(tune.get_checkpoint(), tune.get_context().get_trial_id())
+    checkpoint, completed = resumable(tune.get_checkpoint(), trial_id), 0
     if checkpoint is not None:
         resume_dir = out / "resume-from"
         with checkpoint.as_directory() as d:
             shutil.copytree(d, resume_dir)
         values["resume"] = str(resume_dir)
-    node_id = ray.get_runtime_context().get_node_id()
+        completed = json.loads((resume_dir / STATE).read_text())["epoch"]
+    storage = preemption.trial_storage()
+    moved = preemption.pick_up(storage, completed, out / "preempted-from")  # the step a preempted node stopped at
+    if moved is not None:
+        values["resume"] = str(out / "preempted-from")
 
     def report(metrics: dict[str, Any], ckpt: Path) -> None:
+        nonlocal moved
         checkpoint = tune.Checkpoint.from_directory(str(ckpt))
         # Tune uploads the checkpoint inside report() before it records the result, so a report that failed
         # recorded nothing and is safe to repeat (the failed upload's partial folder stays unreferenced).
-        where = {"node_id": node_id, "pid": os.getpid()}
+        where = {"node_id": node_id, "pid": os.getpid(), "thread": threading.get_ident()}
+        where |= preemption.moved_report(moved) if moved else {}
         with_retries(lambda: tune.report({**metrics, **where}, checkpoint=checkpoint), "report an epoch")
+        if moved is not None:  # Tune's checkpoint is the newer now
+            preemption.forget(storage)
+            moved = None
 
-    train_on_node(replace_typed(template, values, "trial config: "), data, report, started)
+    watch = preemption.DrainWatch(node_id)
+    try:
+        train_on_node(replace_typed(template, values, "trial config: "), data, report, started, stop=watch)
+    except Stopped as stopped:
+        info = preemption.keep(stopped, node_id, watch, storage)
+        line = (
+            f"trial {trial_id} preempted on node {node_id[:8]} at epoch {stopped.epoch} step {stopped.step} of "
+            f"{stopped.steps}: checkpointed {info['checkpointed_at'] - (watch.seen_at or info['checkpointed_at']):.1f}"
+            " s after the drain was seen; Tune restarts it on another node from that step, not counted as a failure"
+        )
+        log.warning("%s", line)
+        raise preemption.TrialPreempted(line) from None
+    finally:
+        watch.close()
 
 
 def resumable(checkpoint: Any, trial: str) -> Any:
@@ -150,7 +216,11 @@ def resumable(checkpoint: Any, trial: str) -> Any:
 
 
 def train_on_node(
-    cfg: TrainConfig, data: NodeData, report: Any = None, started: float | None = None
+    cfg: TrainConfig,
+    data: NodeData,
+    report: Any = None,
+    started: float | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[Any, Any]:
     """``train(cfg)`` on ``data`` mapped from this node's store, with the node's frozen-prefix cache when ``data``
     asks for one: what a trial and a confirmation's retrain both run. Each ``report`` also says whether the backbone
@@ -165,7 +235,8 @@ def train_on_node(
         report({**metrics, "backbone_reused": model.backbone_reused}, ckpt)
 
     cached = data.cached(loaded, model, cfg.device)
-    return train(cfg, cached, report=reported if report else None, started=started, model=model), cached
+    result = train(cfg, cached, report=reported if report else None, started=started, model=model, stop=stop)
+    return result, cached
 
 
 def release_previous_trial() -> None:

@@ -129,3 +129,39 @@ def test_a_sweep_on_an_autoscaling_cluster_scales_its_gpu_workers_up_together_an
     assert outcome["states"] == ["COMPLETE"] * 4 and outcome["epochs"] == [2] * 4
     # and once the sweep is done, the idle workers go (idle_timeout_minutes 0.1)
     assert outcome["workers_after"] == 0, outcome
+
+
+def test_a_spot_notice_drains_the_node_and_its_trials_move_mid_epoch_without_a_failure_ending_as_undisturbed(
+    sweep_shards, tmp_path
+):
+    """A spot worker's interruption notice: the watcher drains it, its trials checkpoint the step they are at and
+    resume on another worker from there (not counted against --max-failures 0), ending as if never stopped."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "space:\n  learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+        "  batch_size: null\n  num_train_epochs: null\n"
+        "fixed:\n  batch_size: 2\n  gradient_accumulation_steps: 1\n  num_train_epochs: 8\n"
+    )
+    outcome = run_script("spot_preemption.py", str(sweep_shards), str(tmp_path / "work"), str(space))
+    assert outcome["announced_at"] and outcome["killed_at"], outcome
+    trials = outcome["trials"]
+    assert len(trials) == 4 and not any(t["error"] for t in trials)  # with --max-failures 0: nothing counted
+    assert outcome["study_states"] == ["COMPLETE"] * 4  # one study trial each: no FAIL, no RUNNING left
+    moved = [t for t in trials if outcome["spot"] in t["nodes"]]
+    assert len(moved) == 2, trials  # both trials on the spot worker moved
+    for t in moved:
+        assert t["nodes"][0] == outcome["spot"] and outcome["spot"] not in t["nodes"][1:]  # moved off it, once
+        assert t["epochs"] == list(range(1, 9)), t  # no epoch run twice: the interrupted one went on from its step
+        ((where,),) = [t["moved"]]  # one move, said once
+        assert where["preempted_node"] == outcome["spot"]
+        # checkpointed on the notice, well before the node went: only the steps since the notice were at stake
+        assert outcome["announced_at"] < where["preempted_at"] < outcome["killed_at"], (where, outcome)
+        print(  # the figure docs/cluster.md gives (pytest -s)
+            f"trial {t['id']}: epoch {where['preempted_epoch']:.0f} step {where['preempted_step']:.0f}, checkpointed "
+            f"{where['preempted_at'] - outcome['announced_at']:.1f} s after the notice (the trial saw the drain "
+            f"{where['notice_to_checkpoint_s']:.1f} s before its checkpoint was in the storage)"
+        )
+        assert t["final"] == t["undisturbed"], t  # exactly the metrics of a run that never stopped
+        assert t["left_in_preempted"] == []  # its mid-epoch checkpoint is gone once it reported an epoch
+    assert outcome["watch_codes"][1] == 0, outcome["watch_out"]  # the spot worker's watcher drained it and ended
+    assert outcome["watch_codes"][0] is None or outcome["watch_codes"][0] != 0  # the other one was still polling

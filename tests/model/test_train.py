@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from genre_sweep.model.checkpoint import CheckpointError, load_trainable
 from genre_sweep.model.configs import AdapterSettings
@@ -17,7 +18,9 @@ from genre_sweep.model.node_store import NodeData
 from genre_sweep.model.prefix_cache import build_cache
 from genre_sweep.model.train import (
     Stepper,
+    Stopped,
     accumulate,
+    compile_mode,
     example_weights,
     predict_logits,
     split_inputs,
@@ -115,6 +118,36 @@ def test_resuming_from_a_checkpoint_gives_identical_logits(source, small_shards,
     a = predict_logits(straight.model, val, 64, torch.device("cpu"), inputs)
     b = predict_logits(resumed.model, val, 64, torch.device("cpu"), inputs)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("at", [(2, 3), (1, 0)], ids=["epoch 2 step 3", "before the first step"])
+def test_stopped_mid_epoch_and_resumed_elsewhere_it_ends_with_the_parameters_of_a_run_that_never_stopped(
+    at, small_shards, small_data, tmp_path
+):
+    """A preempted trial: stopped before a step, its checkpoint moved to a fresh folder and resumed there."""
+    settings = {"num_train_epochs": "3", "gradient_accumulation_steps": "2", "batch_size": "4"}
+    straight = train(quick_config(small_shards, tmp_path / "a", **settings), small_data)
+    asked: list[int] = []  # (epoch, step) positions stop() was asked at, counted from the start
+
+    def stop() -> bool:
+        asked.append(1)
+        steps = -(-len(small_data.split("train")) // 8)  # optimizer steps per epoch (4 x 2 windows each)
+        return len(asked) == (at[0] - 1) * steps + at[1] + 1
+
+    with pytest.raises(Stopped) as stopped:
+        train(quick_config(small_shards, tmp_path / "b", **settings), small_data, stop=stop)
+    assert (stopped.value.epoch, stopped.value.step) == at
+    moved = tmp_path / "elsewhere" / "from"  # only the checkpoint travels, as to a trial's new node
+    shutil.copytree(stopped.value.path, moved)
+    resumed = train(quick_config(small_shards, tmp_path / "c", resume=str(moved), **settings), small_data)
+    assert [m["epoch"] for m in resumed.history] == [1, 2, 3]
+    for key in ("train_loss", "val_loss", "val_clip_acc"):  # the interrupted epoch's loss sum included
+        assert [m[key] for m in resumed.history] == [m[key] for m in straight.history], key
+    assert resumed.best_epoch == straight.best_epoch
+    for a_dir, b_dir in [(tmp_path / "a", tmp_path / "c")]:  # the last epoch's parameters, every one of them
+        a = load_file(str(a_dir / "checkpoints" / "epoch-003" / "trainable.safetensors"))
+        b = load_file(str(b_dir / "checkpoints" / "epoch-003" / "trainable.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_checkpoint_alone_resumes_in_a_new_folder_and_keeps_its_earlier_best_epoch(
@@ -222,6 +255,27 @@ def test_a_compiled_step_gives_the_eager_steps_parameters(small_data, mode):
     assert step.forward is not step.eager  # it stayed compiled
     for got, want in zip(compiled, eager, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_later_run_in_the_process_reuses_the_compiled_step_without_recompiling(small_data):
+    """A reused trial process: the next trial's model (same shapes, other weights) runs the graphs compiled for the
+    first, and the batch is dynamic: a shorter last pass compiles nothing new either."""
+    from torch._dynamo.utils import counters
+
+    compiled_steps(small_data, compile="default")  # the process's first run (or an earlier test's) compiled it
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    params, step = compiled_steps(small_data, compile="default", steps=3)  # a new model, three steps
+    assert step.forward is not step.eager and counters["stats"]["unique_graphs"] == graphs  # no recompile
+    short = Gather(step.gather.sources, 5, CPU)  # passes of 5 windows: another batch size
+    step.gather, step.chunk = short, 5
+    step(torch.arange(0, 10), example_weights(10, 10, 1))
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_auto_compiles_on_a_gpu_only():
+    assert compile_mode("auto", torch.device("cuda")) == "default" and compile_mode("auto", CPU) == "off"
+    assert compile_mode("reduce-overhead", CPU) == "reduce-overhead"
 
 
 def test_train_with_compile_goes_on_eagerly_when_compiling_fails(small_shards, tmp_path):

@@ -14,9 +14,27 @@ CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
 def test_the_shipped_cluster_is_planned_from_its_gpu_workers_not_from_its_head():
     capacity = cluster_capacity(str(CLUSTER), nodes=[])
     assert capacity.autoscaling and capacity.source == str(CLUSTER)
-    assert [t.name for t in capacity.holding(4, 0.5)] == ["gpu_worker"]
+    assert [t.name for t in capacity.holding(4, 0.5)] == ["gpu_worker", "gpu_spot_worker"]
     assert capacity.concurrency(4, 0.5) == 16  # 2 trials per A10G x 8 workers, none on the GPU-less head
     assert capacity.concurrency(1, 0) == 8 + 8 * 8  # CPU-only trials: the head and 8 workers (the cap), 8 each
+
+
+def test_spot_and_on_demand_gpu_workers_share_the_clusters_cap():
+    """cluster.yaml's on-demand and spot GPU types: each fills up to its own max_workers, both within the global cap."""
+    config = yaml.safe_load(CLUSTER.read_text())
+    gpu, spot = (config["available_node_types"][name] for name in ("gpu_worker", "gpu_spot_worker"))
+    assert spot["resources"] == gpu["resources"] and spot["min_workers"] == 0
+    assert spot["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    # a sweep on spot only: the on-demand type set to 0, the spot type holds every GPU worker
+    gpu["max_workers"] = 0
+    capacity = from_cluster_config(config, "spot.yaml")
+    assert capacity.concurrency(4, 0.5) == 2 * min(spot["max_workers"], config["max_workers"])
+    # a mix: 3 on-demand, 10 spot, at most 8 workers in all: 8 GPU workers, never 13
+    gpu["max_workers"], spot["max_workers"] = 3, 10
+    assert from_cluster_config(config, "mix.yaml").concurrency(4, 0.5) == 2 * 8
+    # a higher cap: each type up to its own max (3 + 10 workers)
+    config["max_workers"] = 20
+    assert from_cluster_config(config, "mix.yaml").concurrency(4, 0.5) == 2 * (3 + 10)
 
 
 def test_the_clusters_cap_on_workers_bounds_the_plan():

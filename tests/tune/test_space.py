@@ -36,9 +36,8 @@ def test_a_yaml_file_changes_removes_adds_and_fixes(tmp_path):
         ("space:\n  batch_size: {type: list}\n", "type must be float, int or categorical"),
         ("fixed:\n  batch_size: 4\n", "both searched and fixed"),
         ("spaces: {}\n", "unknown section"),
-        ("fixed:\n  compile: fast\n", "fixed: compile must be one of off, default, reduce-overhead, got 'fast'"),
+        ("fixed:\n  compile: fast\n", "fixed: compile must be one of auto, off, default, reduce-overhead, got 'fast'"),
         ("fixed:\n  gradient_accumulation_steps: 0\n", "fixed: gradient_accumulation_steps must be >= 1"),
-        ("fixed:\n  compile: reduce-overhead\n", "CUDA graphs belong to the thread"),
         ("space:\n  compile: {type: categorical, choices: [off, default]}\n", "compile is not searched"),
         ("fixed:\n  metric: val_loss\n", "'metric' is not a training setting"),  # the sweep's own --metric
         ("fixed:\n  mode: min\n", "'mode' is not a training setting"),

@@ -168,6 +168,7 @@ def test_a_small_sweep_prunes_confirms_its_top_two_over_seeds_and_names_each_tri
     assert max(len(trials) for trials in by_process.values()) >= 2
     for trials in by_process.values():
         assert [t["backbone_reused"] for t in trials] == [False] + [True] * (len(trials) - 1)
+        assert len({t["thread"] for t in trials}) == 1  # one training thread per process: its CUDA graphs serve all
     # Tune's own results name the same best trial, with no metric or mode to pass
     cfg = resolve(
         SweepConfig, {"shards": str(sweep_shards), "storage": str(storage), "name": "s1", "pretrained": "tiny"}
