@@ -13,6 +13,7 @@ No Ray import until a notice comes (then only to find the node): it runs beside 
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import logging
 import math
@@ -113,8 +114,13 @@ def parse_notice(body: bytes | str, now: datetime) -> Notice:
     return Notice(action.strip(), at, seconds_left(at, now))
 
 
+# `ray drain-node` counts its --deadline-remaining-seconds from its own start, a second or two after the watcher
+# counted them (Python starting, Ray imported): taken off, so that the deadline Ray holds is not later than AWS's.
+DRAIN_START_S = 2
+
+
 def seconds_left(at: datetime, now: datetime) -> int:
-    """Whole seconds from ``now`` until ``at``, rounded down (the drain's deadline is never late), at least 0."""
+    """Whole seconds from ``now`` until ``at``, rounded down, at least 0."""
     return max(0, math.floor((at - now).total_seconds()))
 
 
@@ -229,7 +235,7 @@ class Watcher:
             if status == 401 and self.cfg.token_endpoint:  # the token expired, or IMDSv2 became required
                 self.token, self.imdsv1 = None, False
                 status, body = self.request("GET", self.cfg.endpoint, self.token_headers())
-        except OSError as e:  # URLError, timeouts, refused connections
+        except (OSError, http.client.HTTPException, UnicodeError) as e:  # URLError, timeouts, refused, cut-off replies
             self.down(getattr(e, "reason", None) or e)
             return None
         if status not in (200, 404):  # 5xx, or a refusal (IMDS turned off answers 403)
@@ -286,7 +292,7 @@ class Watcher:
                 log.error("spot %s notice, but no node to drain: %s", notice.action, e)
                 return False
         # counted again: finding the node, or an earlier failed try, may have taken a while
-        notice = dataclasses.replace(notice, deadline_s=seconds_left(notice.time, self.now()))
+        notice = dataclasses.replace(notice, deadline_s=max(0, seconds_left(notice.time, self.now()) - DRAIN_START_S))
         started = time.monotonic()
         try:
             done = self.runner(

@@ -142,6 +142,17 @@ _compiled_shapes: set[tuple[Any, ...]] = set()  # the models (trainable shapes, 
 _compile_failed: dict[str, str] = {}  # compile mode -> why it failed in this process: later runs go eager at once
 
 
+def compiler_error(e: BaseException) -> bool:
+    """Whether ``e`` came from torch's compiler (dynamo or inductor), not from the step it compiles."""
+    import torch._dynamo.exc
+
+    kinds: list[type] = [torch._dynamo.exc.TorchDynamoException]
+    inductor = getattr(sys.modules.get("torch._inductor.exc"), "InductorError", None)
+    if isinstance(inductor, type):
+        kinds.append(inductor)
+    return isinstance(e, tuple(kinds))
+
+
 def compile_mode(asked: str, device: torch.device) -> str:
     """The ``torch.compile`` mode a run uses: ``auto`` is ``default`` on a GPU and off elsewhere."""
     return ("default" if device.type == "cuda" else "off") if asked == "auto" else asked
@@ -152,7 +163,7 @@ def compiled_logits(mode: str, model: GenreClassifier, start: int | None) -> Cal
     shapes (the next trial of a reused trial actor) runs the graphs compiled for the first with no recompile, and the
     batch dimension is dynamic (the epoch's shorter last step compiles nothing new). Returns ``forward(x)``."""
     shape = (tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad), start)
-    shape += (str(next(model.parameters()).device),)
+    shape += (str(next(model.parameters()).device), repr(getattr(model, "adapters", None)))  # alpha: a guarded float
     if shape not in _compiled_shapes and len(_compiled_shapes) >= RESET_AFTER:
         torch._dynamo.reset()  # never near dynamo's limit, past which it would run eagerly without a word
         _compiled.clear()
@@ -223,10 +234,11 @@ class Stepper:
                     raise
                 out_of_memory = True  # handled below, once the failed pass's tensors are released with the exception
             except Exception as e:  # a failed compile; an eager failure is raised by the retry below
-                if self.forward is self.eager:
+                if self.forward is self.eager or isinstance(e, OSError):  # an OSError: reading the data, not compiling
                     raise
                 self.forward = self.eager
-                _compile_failed[self.compile] = one_line(e)
+                if compiler_error(e):  # this process's later runs go eager at once; any other error, this run only
+                    _compile_failed[self.compile] = one_line(e)
                 log.warning("torch.compile failed, training eagerly from now on: %s", one_line(e))
             self.optimizer.zero_grad(set_to_none=not self.keep_grads)  # redo this step's passes
             if out_of_memory:
@@ -428,6 +440,7 @@ def train(
         if position is not None:
             (in_epoch, tensors), position = position, None
             done, start = in_epoch["step"], start - in_epoch["train_s"]
+            step.chunk = min(step.chunk, in_epoch.get("chunk", step.chunk))  # the passes the stopped run took
             loss_sum += tensors["loss_sum"].to(device)[0]
             set_random_state(tensors, device)
         if step.gather.ring is not None:  # host-gathered: a thread gathers this epoch's passes ahead, in order
@@ -446,7 +459,12 @@ def train(
                         "epoch": epoch - 1,
                         "history": history,
                         "best": best,
-                        "in_epoch": {"epoch": epoch, "step": index, "train_s": time.perf_counter() - start},
+                        "in_epoch": {  # and the pass size it ran at (halved after an out-of-memory error)
+                            "epoch": epoch,
+                            "step": index,
+                            "train_s": time.perf_counter() - start,
+                            "chunk": step.chunk,
+                        },
                     },
                     best=None if best is None else run_dir / "best" / TRAINABLE,
                     position={"loss_sum": loss_sum.detach().reshape(1), **random_state(device)},

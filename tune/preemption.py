@@ -62,10 +62,13 @@ class DrainWatch:
         self.deadline_ms = 0
         self._drained, self._closed = threading.Event(), threading.Event()
         self._failing = False
+        self._changed: internals.LibraryChanged | None = None  # raised by the next call, on the training thread
         self._thread = threading.Thread(target=self._poll, name="genre-sweep-drain-watch", daemon=True)
         self._thread.start()
 
     def __call__(self) -> bool:
+        if self._changed is not None:
+            raise self._changed
         return self._drained.is_set()
 
     def close(self) -> None:
@@ -76,8 +79,9 @@ class DrainWatch:
             try:
                 nodes = internals.draining_nodes()
                 self._failing = False
-            except internals.LibraryChanged:
-                raise
+            except internals.LibraryChanged as e:  # an upgrade of Ray: said once, on the training thread
+                self._changed = e
+                return
             except Exception as e:  # the GCS out of reach a moment: ask again at the next poll
                 if not self._failing:
                     log.warning("cannot ask Ray whether this node is being drained (%s); asking again", e)
@@ -90,9 +94,16 @@ class DrainWatch:
             self._closed.wait(self.poll_s)
 
 
-def node_draining(node_id: str) -> bool:
-    """Whether Ray is draining ``node_id`` now (one question to the GCS)."""
-    return node_id in internals.draining_nodes()
+def node_draining(node_id: str, trial_id: str) -> bool:
+    """Whether Ray is draining ``node_id`` now (one question to the GCS); when the GCS does not answer, one warning
+    and no (the trial's ``DrainWatch`` asks again every second)."""
+    try:
+        return node_id in internals.draining_nodes()
+    except internals.LibraryChanged:
+        raise
+    except Exception as e:
+        log.warning("trial %s: cannot ask Ray whether this node is being drained (%s); going on", trial_id, e)
+        return False
 
 
 def trial_storage() -> tuple[Any, str]:

@@ -147,10 +147,13 @@ class SweepProgress(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self._storage_filled(trial):
             return
-        error = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
-        if preemption.TrialPreempted.__name__ in error:  # its own line said where it stopped; no failure counted
+        # a preemption is the one error Tune retries without counting (the error file keeps every earlier error)
+        counted = getattr(self, "failures_seen", {})  # (absent from a callback pickled before it existed)
+        self.failures_seen = counted
+        if trial.num_failures == counted.get(trial.trial_id, 0):  # its own line said where it stopped
             log.info("trial %s: waiting for a node that is not being preempted", trial.trial_id)
             return
+        counted[trial.trial_id] = trial.num_failures
         epoch = int((trial.last_result or {}).get("training_iteration", 0))
         where = f"its checkpoint of epoch {epoch}" if trial.checkpoint is not None else "its start (no checkpoint yet)"
         log.warning("trial %s failed (failure %d); retrying it from %s", trial.trial_id, trial.num_failures, where)

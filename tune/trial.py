@@ -135,7 +135,7 @@ def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, s
 
     release_previous_trial()
     trial_id, node_id = tune.get_context().get_trial_id(), ray.get_runtime_context().get_node_id()
-    if preemption.node_draining(node_id):  # a reused actor on a node being preempted (Ray starts no new one there)
+    if preemption.node_draining(node_id, trial_id):  # a reused actor on a node being preempted (Ray starts none there)
         raise preemption.TrialPreempted(
             f"trial {trial_id} was given an actor on node {node_id[:8]}, which is being preempted: starting elsewhere"
         )
@@ -147,7 +147,7 @@ def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, s
         with checkpoint.as_directory() as d:
             shutil.copytree(d, resume_dir)
         values["resume"] = str(resume_dir)
-        completed = json.loads((resume_dir / STATE).read_text())["epoch"]
+        completed = checkpoint_epoch(resume_dir)
     storage = preemption.trial_storage()
     moved = preemption.pick_up(storage, completed, out / "preempted-from")  # the step a preempted node stopped at
     if moved is not None:
@@ -161,15 +161,18 @@ def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, s
         where = {"node_id": node_id, "pid": os.getpid(), "thread": threading.get_ident()}
         where |= preemption.moved_report(moved) if moved else {}
         with_retries(lambda: tune.report({**metrics, **where}, checkpoint=checkpoint), "report an epoch")
-        if moved is not None:  # Tune's checkpoint is the newer now
-            preemption.forget(storage)
+        if moved is not None:  # Tune's checkpoint is the newer now; a stale one left behind is ignored anyway
+            with_retries(lambda: preemption.forget(storage), "delete a moved trial's mid-epoch checkpoint", (1,), False)
             moved = None
 
     watch = preemption.DrainWatch(node_id)
     try:
         train_on_node(replace_typed(template, values, "trial config: "), data, report, started, stop=watch)
     except Stopped as stopped:
-        info = preemption.keep(stopped, node_id, watch, storage)
+        kept: list[dict[str, Any]] = []  # the node has two minutes: a store blip is ridden out (about 30 s)
+        at = stopped
+        with_retries(lambda: kept.append(preemption.keep(at, node_id, watch, storage)), "keep the checkpoint")
+        info = kept[-1]
         line = (
             f"trial {trial_id} preempted on node {node_id[:8]} at epoch {stopped.epoch} step {stopped.step} of "
             f"{stopped.steps}: checkpointed {info['checkpointed_at'] - (watch.seen_at or info['checkpointed_at']):.1f}"
@@ -179,6 +182,16 @@ def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, s
         raise preemption.TrialPreempted(line) from None
     finally:
         watch.close()
+
+
+def checkpoint_epoch(folder: Path) -> int:
+    """The last whole epoch of a checkpoint folder (its ``state.json``); a damaged one is one line."""
+    from genre_sweep.model.checkpoint import CheckpointError
+
+    try:
+        return int(json.loads((folder / STATE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / STATE}: cannot read it ({one_line(e)}); the checkpoint is damaged") from e
 
 
 def resumable(checkpoint: Any, trial: str) -> Any:

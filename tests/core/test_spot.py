@@ -1,5 +1,6 @@
 """`genre-sweep spot-watch`: a fake metadata service on loopback; a real Ray node drained in a subprocess."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import pytest
 
 from genre_sweep.cli import main
 from genre_sweep.spot import (
+    DRAIN_START_S,
     NoticeError,
     SpotWatchConfig,
     Watcher,
@@ -82,12 +84,14 @@ def test_a_notice_drains_this_node_with_the_notices_deadline(caplog):
         imds.notice = notice(119)
         assert w.poll()
     (command,) = runner.commands
-    assert command == drain_command("10.0.0.1:6379", NODE, parse_notice(json.dumps(notice(119)), NOW))
+    asked = dataclasses.replace(parse_notice(json.dumps(notice(119)), NOW), deadline_s=119 - DRAIN_START_S)
+    assert command == drain_command("10.0.0.1:6379", NODE, asked)
     assert command[command.index("--reason") + 1] == "DRAIN_NODE_REASON_PREEMPTION"
-    assert command[command.index("--node-id") + 1] == NODE and deadline_of(command) == 119
+    # the seconds left, less the drain command's own start, from which Ray counts them
+    assert command[command.index("--node-id") + 1] == NODE and deadline_of(command) == 119 - DRAIN_START_S
     assert "spot interruption notice: terminate at 2026-12-04T21:29:59Z" in command
     (line,) = lines(caplog, logging.INFO)
-    assert NODE in line and "terminate at 2026-12-04T21:29:59Z" in line and "deadline 119 s" in line
+    assert NODE in line and "terminate at 2026-12-04T21:29:59Z" in line and f"deadline {119 - DRAIN_START_S} s" in line
     assert "drain request took" in line
 
 
@@ -106,7 +110,7 @@ def test_an_unreachable_endpoint_warns_once_then_the_notice_still_drains(caplog)
         assert w.poll()
     assert len(lines(caplog, logging.WARNING)) == 1
     assert any("answers again" in line for line in lines(caplog, logging.INFO))
-    assert deadline_of(runner.commands[0]) == 60
+    assert deadline_of(runner.commands[0]) == 60 - DRAIN_START_S
 
 
 def test_a_5xx_is_an_outage_too_and_no_traceback_reaches_the_log(caplog):
@@ -130,7 +134,7 @@ def test_a_refused_token_falls_back_to_imdsv1_with_one_line(caplog, refusal):
         assert imds.puts == 1
     (info, _drained) = lines(caplog, logging.INFO)
     assert f"HTTP {refusal}" in info and "IMDSv1" in info
-    assert deadline_of(runner.commands[0]) == 30
+    assert deadline_of(runner.commands[0]) == 30 - DRAIN_START_S
 
 
 def test_an_expired_token_is_renewed_on_a_401(caplog):
@@ -260,7 +264,9 @@ def test_a_notice_drains_a_real_ray_node_with_the_notices_deadline():
     assert outcome["rc"] == 0, outcome["log"]
     assert outcome["puts"] >= 1 and outcome["bad_ttl"] == 0  # IMDSv2
     assert list(outcome["draining"]) == [outcome["worker"]]  # that node, not the head
-    # the GCS's deadline is the notice's time: rounded down to whole seconds, then counted from the drain request
-    assert abs(outcome["draining"][outcome["worker"]] - outcome["notice_ms"]) < 3000, outcome
+    # the GCS's deadline is the notice's time, never later: rounded down to whole seconds, less DRAIN_START_S for the
+    # drain command's start, from which Ray counts them
+    early = outcome["notice_ms"] - outcome["draining"][outcome["worker"]]
+    assert 0 <= early < 1000 * (DRAIN_START_S + 2), outcome
     (drained,) = [line for line in outcome["log"].splitlines() if "drained node" in line]
     assert outcome["worker"] in drained and "terminate at" in drained

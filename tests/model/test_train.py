@@ -21,6 +21,7 @@ from genre_sweep.model.train import (
     Stopped,
     accumulate,
     compile_mode,
+    compiler_error,
     example_weights,
     predict_logits,
     split_inputs,
@@ -271,6 +272,14 @@ def test_a_later_run_in_the_process_reuses_the_compiled_step_without_recompiling
     step.gather, step.chunk = short, 5
     step(torch.arange(0, 10), example_weights(10, 10, 1))
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_only_the_compilers_own_errors_keep_a_process_eager():
+    import torch._dynamo.exc
+
+    assert compiler_error(torch._dynamo.exc.TorchDynamoException("inductor: no C++ compiler"))
+    assert not compiler_error(OSError("a shard could not be read"))  # the data, not the compiler
+    assert not compiler_error(RuntimeError("shape mismatch"))
 
 
 def test_auto_compiles_on_a_gpu_only():
