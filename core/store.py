@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import logging
 import os
+import posixpath
 import time
 import uuid
 from collections.abc import Callable
@@ -158,6 +159,13 @@ def list_files(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     """Every file below ``path`` (recursively), sorted by path; empty if ``path`` does not exist."""
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+
+def all_files(fs: pafs.FileSystem, folder: str, names: tuple[str, ...]) -> bool:
+    """Whether ``folder`` holds each of ``names`` as a non-empty file (a folder uploaded in no fixed order, or cut
+    off, lacks one)."""
+    infos = fs.get_file_info([posixpath.join(folder, name) for name in names])
+    return all(i.type == pafs.FileType.File and i.size for i in infos)
 
 
 def own_location(uri: str, options: StoreOptions, example: str) -> tuple[pafs.FileSystem, str]:

@@ -98,16 +98,21 @@ def _tensors(file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file}: cannot read it ({one_line(e)}); the checkpoint is damaged") from e
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint folder's ``state.json``; one that is not valid JSON is one line."""
+    try:
+        return json.loads((Path(path) / STATE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{Path(path) / STATE} is not valid JSON ({e}); the checkpoint is damaged") from e
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
     """Restore weights, optimizer and scheduler from ``path``; returns its ``state.json``."""
     path = Path(path)
     if not (path / STATE).exists():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE})")
     load_trainable(path, model)
-    try:
-        state = json.loads((path / STATE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path / STATE} is not valid JSON ({e}); the checkpoint is damaged") from e
+    state = read_state(path)
     tensors = _tensors(path / OPTIMIZER)
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

@@ -30,6 +30,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from genre_sweep.model.checkpoint import OPTIMIZER, POSITION, STATE, TRAINABLE
+from genre_sweep.store import all_files
 from genre_sweep.tune import internals
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,7 @@ def pick_up(storage: tuple[Any, str], completed: int, into: Path) -> dict[str, A
     filesystem, trial_path = storage
     found = filesystem.get_file_info(pafs.FileSelector(posixpath.join(trial_path, FOLDER), allow_not_found=True))
     for folder in sorted((i.path for i in found if i.type == pafs.FileType.Directory), reverse=True):
-        files = filesystem.get_file_info([posixpath.join(folder, n) for n in (INFO, STATE, TRAINABLE, OPTIMIZER)])
-        if not all(i.type == pafs.FileType.File and i.size for i in files):
+        if not all_files(filesystem, folder, (INFO, STATE, TRAINABLE, OPTIMIZER)):
             continue
         with filesystem.open_input_stream(posixpath.join(folder, INFO)) as f:
             info = json.loads(f.read())

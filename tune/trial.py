@@ -4,7 +4,6 @@ epoch with its checkpoint."""
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import math
 import os
@@ -22,10 +21,10 @@ from genre_sweep.config import ConfigError, replace_typed
 from genre_sweep.data.manifest import DatasetError
 from genre_sweep.errors import one_line
 from genre_sweep.jobs import worker_logging
-from genre_sweep.model.checkpoint import OPTIMIZER, STATE, TRAINABLE
+from genre_sweep.model.checkpoint import OPTIMIZER, STATE, TRAINABLE, read_state
 from genre_sweep.model.configs import TrainConfig
 from genre_sweep.model.node_store import NodeData
-from genre_sweep.store import with_retries
+from genre_sweep.store import all_files, with_retries
 from genre_sweep.tune import internals, preemption
 
 log = logging.getLogger(__name__)
@@ -147,7 +146,7 @@ def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, s
         with checkpoint.as_directory() as d:
             shutil.copytree(d, resume_dir)
         values["resume"] = str(resume_dir)
-        completed = checkpoint_epoch(resume_dir)
+        completed = read_state(resume_dir)["epoch"]
     storage = preemption.trial_storage()
     moved = preemption.pick_up(storage, completed, out / "preempted-from")  # the step a preempted node stopped at
     if moved is not None:
@@ -175,23 +174,13 @@ def train_trial(config: dict[str, Any], data: NodeData, template: TrainConfig, s
         info = kept[-1]
         line = (
             f"trial {trial_id} preempted on node {node_id[:8]} at epoch {stopped.epoch} step {stopped.step} of "
-            f"{stopped.steps}: checkpointed {info['checkpointed_at'] - (watch.seen_at or info['checkpointed_at']):.1f}"
-            " s after the drain was seen; Tune restarts it on another node from that step, not counted as a failure"
+            f"{stopped.steps}: checkpointed {preemption.moved_report(info)['notice_to_checkpoint_s']:.1f} s after the "
+            "drain was seen; Tune restarts it on another node from that step, not counted as a failure"
         )
         log.warning("%s", line)
         raise preemption.TrialPreempted(line) from None
     finally:
         watch.close()
-
-
-def checkpoint_epoch(folder: Path) -> int:
-    """The last whole epoch of a checkpoint folder (its ``state.json``); a damaged one is one line."""
-    from genre_sweep.model.checkpoint import CheckpointError
-
-    try:
-        return int(json.loads((folder / STATE).read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{folder / STATE}: cannot read it ({one_line(e)}); the checkpoint is damaged") from e
 
 
 def resumable(checkpoint: Any, trial: str) -> Any:
@@ -207,8 +196,7 @@ def resumable(checkpoint: Any, trial: str) -> Any:
     fs, named = checkpoint.filesystem, checkpoint.path
 
     def complete(path: str) -> bool:  # Ray uploads a checkpoint's files in no fixed order: all of them, not empty
-        infos = fs.get_file_info([posixpath.join(path, name) for name in (STATE, TRAINABLE, OPTIMIZER)])
-        return all(i.type == FileType.File and i.size for i in infos)
+        return all_files(fs, path, (STATE, TRAINABLE, OPTIMIZER))
 
     if complete(named):
         return checkpoint
